@@ -1,0 +1,125 @@
+"""Reading iCalendar text into calendar objects (one per UID), with clear errors."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from icalendar import Calendar, Component
+
+COMPONENTS = {"VEVENT": "event", "VTODO": "todo"}
+MAX_ICS_BYTES = 10_000_000
+
+
+class CalendarError(ValueError):
+    """A calendar object that cannot be used. ``uid`` and ``prop`` say where, when known."""
+
+    def __init__(self, message: str, *, uid: str = "", prop: str = "") -> None:
+        where = ", ".join(p for p in (f"UID {uid}" if uid else "", f"property {prop}" if prop else "") if p)
+        super().__init__(f"{where}: {message}" if where else message)
+        self.uid = uid
+        self.prop = prop
+
+
+@dataclass(frozen=True)
+class CalendarObject:
+    """All components of one UID (a master and its overrides) with the file's time zones."""
+
+    uid: str
+    component: str  # "event" | "todo"
+    components: tuple[Component, ...]
+    timezones: tuple[Component, ...]
+
+    def to_ical(self) -> str:
+        cal = Calendar()
+        cal.add("PRODID", "-//calalarm//alarmd//EN")
+        cal.add("VERSION", "2.0")
+        for tz in self.timezones:
+            cal.add_component(tz)
+        for comp in self.components:
+            cal.add_component(comp)
+        return str(cal.to_ical().decode("utf-8"))
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    objects: list[CalendarObject]
+    errors: list[CalendarError]
+
+
+_PARSE_ERRORS = (ValueError, KeyError, IndexError, TypeError)
+_BLOCK = re.compile(r"^BEGIN:(VEVENT|VTODO)\r?\n.*?^END:\1\r?$\n?", re.MULTILINE | re.DOTALL | re.IGNORECASE)
+_UID_LINE = re.compile(r"^UID(?:;[^:\r\n]*)?:(.*?)\r?$", re.MULTILINE | re.IGNORECASE)
+
+
+def _parse_piecewise(text: str, errors: list[CalendarError], whole_error: Exception) -> list[Component]:
+    """Parse the calendar's frame (time zones, properties) and each VEVENT/VTODO separately."""
+    unfolded = re.sub(r"\r?\n[ \t]", "", text)
+    blocks = [m.group(0) for m in _BLOCK.finditer(unfolded)]
+    frame = _BLOCK.sub("", unfolded)
+    try:
+        (base,) = Calendar.from_ical(frame, multiple=True)[:1] or [None]
+    except _PARSE_ERRORS:
+        base = None
+    if base is None or not blocks:
+        raise CalendarError(f"not valid iCalendar data: {whole_error}") from None
+    calendars: list[Component] = [base]
+    head, _, tail = frame.rpartition("END:VCALENDAR")
+    for block in blocks:
+        try:
+            calendars.append(Calendar.from_ical(f"{head}{block}END:VCALENDAR{tail}"))
+        except _PARSE_ERRORS as exc:
+            match = _UID_LINE.search(block)
+            uid = match.group(1).strip() if match else ""
+            errors.append(CalendarError(f"cannot be read: {exc}", uid=uid))
+    # the frame's own VTIMEZONEs are in base; drop the copies parsed with each block
+    for cal in calendars[1:]:
+        cal.subcomponents[:] = [c for c in cal.subcomponents if c.name != "VTIMEZONE"]
+    return calendars
+
+
+def parse_calendar(text: str | bytes) -> ParsedFile:
+    """Split iCalendar text into one object per UID.
+
+    Raises :class:`CalendarError` when the text is not iCalendar at all; an object
+    with its own problem (no UID, two kinds of component under one UID) lands in
+    ``errors`` and the others are still returned.
+    """
+    if len(text) > MAX_ICS_BYTES:
+        raise CalendarError(f"{len(text)} bytes is over the {MAX_ICS_BYTES} byte limit for one file")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise CalendarError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    stripped = text.lstrip("\ufeff \t\r\n")
+    if not stripped.upper().startswith("BEGIN:VCALENDAR"):
+        raise CalendarError("not iCalendar data (it must start with BEGIN:VCALENDAR)")
+    errors: list[CalendarError] = []
+    try:
+        calendars: Sequence[Component] = Calendar.from_ical(stripped, multiple=True)
+    except _PARSE_ERRORS as exc:
+        # icalendar rejects the whole file for one bad value; parse each component on
+        # its own so that one broken object does not take the others down with it.
+        calendars = _parse_piecewise(stripped, errors, exc)
+    timezones: list[Component] = []
+    by_uid: dict[str, list[Component]] = {}
+    for cal in calendars:
+        for comp in cal.subcomponents:
+            if comp.name == "VTIMEZONE":
+                timezones.append(comp)
+            elif comp.name in COMPONENTS:
+                uid = str(comp.get("UID", "")).strip()
+                if not uid:
+                    errors.append(CalendarError(f"a {comp.name} has no UID", prop="UID"))
+                    continue
+                by_uid.setdefault(uid, []).append(comp)
+    objects: list[CalendarObject] = []
+    for uid, comps in by_uid.items():
+        kinds = {COMPONENTS[str(c.name)] for c in comps}
+        if len(kinds) > 1:
+            errors.append(CalendarError("a VEVENT and a VTODO share this UID", uid=uid, prop="UID"))
+            continue
+        objects.append(CalendarObject(uid, kinds.pop(), tuple(comps), tuple(timezones)))
+    return ParsedFile(objects, errors)

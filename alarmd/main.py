@@ -1,0 +1,147 @@
+"""``alarmd``: the alarm publisher service (optionally with the notifier in the same loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+
+import click
+import sqlalchemy as sa
+
+from alarmd.demo import DEMO_CALENDAR, schedule_demo_calendar
+from alarmd.dispatcher import Dispatcher
+from alarmd.queue import AlarmQueue
+from alarmd.wakeup import listen_for_enqueues
+from common.clock import utcnow
+from common.db import migrate
+from common.ens import create_bus
+from common.settings import BusSettings, ConfigError, DatabaseSettings, Settings, SmtpSettings, load_settings
+
+log = logging.getLogger("alarmd")
+
+DEMO_DIR = Path("var")
+DEMO_SMTP = ("127.0.0.1", 8025)
+DEMO_OWNER = "you@localhost"
+
+
+class StartupError(RuntimeError):
+    """alarmd cannot start; the message says what to fix."""
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """The embedded default with a fresh demo database and the local SMTP catcher."""
+    return settings.replace(
+        database=DatabaseSettings(url=f"sqlite:///{DEMO_DIR / 'demo.db'}"),
+        bus=BusSettings(url="memory://"),
+        smtp=SmtpSettings(url=f"smtp://{DEMO_SMTP[0]}:{DEMO_SMTP[1]}", sender="calalarm demo <calalarm@localhost>"),
+    )
+
+
+def ensure_schema(url: str) -> None:
+    """SQLite is migrated on start (embedded default); PostgreSQL must be migrated by the operator."""
+    try:
+        current, head = migrate.current_revision(url), migrate.head_revision()
+        if current == head:
+            return
+        if url.startswith("sqlite"):
+            migrate.upgrade(url)
+            return
+    except sa.exc.OperationalError as exc:
+        raise StartupError(f"database is not reachable: {exc.orig}") from None
+    raise StartupError(f"database is at revision {current or 'none'}, not {head}: run 'alarmctl db upgrade'")
+
+
+async def serve(settings: Settings, *, with_notifier: bool, demo: bool) -> None:
+    ensure_schema(settings.database.url)
+    queue = AlarmQueue.from_url(settings.database.url, default_tz=settings.alarmd.default_tz)
+    bus = create_bus(settings.bus.url)
+    await bus.start()
+    dispatcher = Dispatcher(queue, bus, settings.alarmd)
+    stack = contextlib.AsyncExitStack()
+    async with stack:
+        stack.push_async_callback(asyncio.to_thread, queue.close)
+        stack.push_async_callback(bus.close)
+        stack.push_async_callback(dispatcher.close)
+        if with_notifier:
+            from notifyd.service import Notifier
+            from notifyd.smtp import SmtpSender
+
+            sender = SmtpSender(settings.smtp)
+            notifier = Notifier(bus, sender, settings, utcnow)
+            stack.push_async_callback(sender.close)
+            await notifier.start()
+            stack.push_async_callback(notifier.stop)
+        if demo:
+            from common.smtp_catcher import start_catcher
+
+            catcher = await start_catcher(*DEMO_SMTP, DEMO_DIR / "mail", on_message=print_delivered)
+            stack.push_async_callback(catcher.close)
+        elif settings.bus.url.startswith("memory:") and not with_notifier:
+            log.warning("bus is memory:// without --with-notifier: nobody will receive the notifications")
+        if settings.database.url.startswith("postgresql"):
+            listener = asyncio.create_task(listen_for_enqueues(settings.database.url, dispatcher.wake))
+            stack.push_async_callback(_cancel, listener)
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, dispatcher.stop)
+        run = asyncio.create_task(dispatcher.run())
+        if demo:
+            await enqueue_demo(queue)
+        await run
+        log.info("alarmd stopping")
+
+
+async def enqueue_demo(queue: AlarmQueue) -> None:
+    now = utcnow()
+    text = schedule_demo_calendar(DEMO_CALENDAR.read_text(encoding="utf-8"), now)
+    result = await asyncio.to_thread(queue.put, "demo", text, now=now, owner=DEMO_OWNER)
+    click.echo(
+        f"demo: enqueued {result.added} alarm(s) from {DEMO_CALENDAR.name}, firing over the next 30 s; "
+        f"mail lands in {DEMO_DIR / 'mail'}/. Ctrl-C to stop."
+    )
+
+
+def print_delivered(message: EmailMessage, path: Path) -> None:
+    trigger = str(message.get("X-Alarm-Trigger", ""))
+    late = ""
+    with contextlib.suppress(ValueError):
+        seconds = (datetime.now(UTC) - datetime.fromisoformat(trigger.replace("Z", "+00:00"))).total_seconds()
+        late = f", {seconds * 1000:.0f} ms after its trigger"
+    click.echo(f"delivered: {message.get('Subject')!s} to {message.get('To')!s}{late} -> {path}")
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", type=click.Path(dir_okay=False), help="TOML configuration (default: $CALALARM_CONFIG).")
+@click.option("--with-notifier", is_flag=True, help="Run notifyd's email delivery in this process too.")
+@click.option("--demo", is_flag=True, help="Embedded demo: SQLite, in-process bus, SMTP catcher on 127.0.0.1:8025.")
+@click.option("--log-level", default="INFO", show_default=True)
+def main(config: str | None, with_notifier: bool, demo: bool, log_level: str) -> None:
+    """Publish due calendar alarms to the bus and apply their acknowledgments."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        click.echo(f"alarmd: configuration: {exc}", err=True)
+        sys.exit(2)
+    if demo:
+        settings = demo_settings(settings)
+        with_notifier = True
+        (DEMO_DIR / "demo.db").unlink(missing_ok=True)
+    try:
+        asyncio.run(serve(settings, with_notifier=with_notifier, demo=demo))
+    except (StartupError, OSError) as exc:
+        click.echo(f"alarmd: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,566 @@
+"""``AlarmQueue``: the one class that reads and writes alarm SQL.
+
+The dispatcher, ``alarmctl`` and calendar code all go through it. Every method
+that depends on time takes ``now``; nothing here reads the clock.
+
+State machine of an instance (one row of ``alarms``)::
+
+    put ──▶ pending ──claim──▶ inflight ──ack delivered──▶ (row deleted, history kept)
+               ▲                  │ ├──ack failed──▶ failed
+               └──ack retry / publish failed (backoff)     │ └──no ack by next_at──▶ claimed again
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import sqlalchemy as sa
+
+from alarmd.ical import CalendarError, CalendarObject, parse_calendar
+from alarmd.triggers import PlannedAlarm, plan_alarms
+from common.db.engine import create_engine_from_url
+from common.db.tables import alarm_history, alarms, sources
+from common.ens.envelope import AckStatus
+from common.ens.reference import EventReference
+
+log = logging.getLogger(__name__)
+
+LIVE_STATES = ("pending", "inflight")
+NOTIFY_CHANNEL = "calalarm_queue"
+_EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+# The columns that name an instance in history rows (alarm_id = alarms.id).
+_KEY = (alarms.c.id, alarms.c.calid, alarms.c.uid, alarms.c.rid, alarms.c.aid, alarms.c.trigger_at)
+_HISTORY_KEY = ("alarm_id", "calid", "uid", "rid", "aid", "trigger_at")
+_LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    INFLIGHT = "inflight"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+class AckOutcome(StrEnum):
+    DELETED = "deleted"  # delivered: the instance is gone
+    FAILED = "failed"  # marked failed
+    RESCHEDULED = "rescheduled"  # retry: due again after a backoff
+    STALE = "stale"  # an ack for an earlier attempt that no longer decides anything
+    UNKNOWN = "unknown"  # no such instance (already deleted, or never existed)
+
+
+class UnknownTimeZone(ValueError):
+    """A time zone name that is not in the IANA database."""
+
+
+@dataclass(frozen=True)
+class ClaimedAlarm:
+    """An instance claimed for publishing: attempt ``attempt`` until ``lease_until``."""
+
+    id: int
+    attempt: int
+    component: str
+    calid: str
+    uid: str
+    rid: str
+    aid: str
+    trigger: datetime
+    payload: dict[str, Any]
+
+    @property
+    def ref(self) -> EventReference:
+        return EventReference.alarm(self.component, self.calid, self.uid, self.rid, self.aid)
+
+    @property
+    def key(self) -> tuple[int, str, str, str, str, datetime]:
+        """The instance's identity as history rows record it."""
+        return (self.id, self.calid, self.uid, self.rid, self.aid, self.trigger)
+
+    @property
+    def renl_id(self) -> str:
+        return f"{self.id}:{self.attempt}"
+
+
+@dataclass(frozen=True)
+class AlarmRecord:
+    """One row of the queue, as ``alarmctl list`` shows it."""
+
+    id: int
+    calid: str
+    uid: str
+    rid: str
+    aid: str
+    component: str
+    action: str
+    state: str
+    trigger: datetime
+    next_at: datetime
+    attempts: int
+    last_error: str | None
+
+    @property
+    def ref(self) -> EventReference:
+        return EventReference.alarm(self.component, self.calid, self.uid, self.rid, self.aid)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ref": str(self.ref),
+            "calid": self.calid,
+            "uid": self.uid,
+            "rid": self.rid,
+            "aid": self.aid,
+            "component": self.component,
+            "action": self.action,
+            "state": self.state,
+            "trigger": _iso(self.trigger),
+            "next_at": _iso(self.next_at),
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass
+class PutResult:
+    """What one ``put`` did; ``errors`` holds the objects that were rejected and why."""
+
+    objects: int = 0
+    added: int = 0
+    kept: int = 0
+    removed: int = 0
+    errors: list[CalendarError] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "objects": self.objects,
+            "added": self.added,
+            "kept": self.kept,
+            "removed": self.removed,
+            "errors": [str(e) for e in self.errors],
+        }
+
+
+def parse_tz(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UnknownTimeZone(f"time zone {name!r} is not an IANA zone name such as Europe/Berlin") from None
+
+
+class AlarmQueue:
+    def __init__(self, engine: sa.Engine, *, default_tz: str = "UTC") -> None:
+        self.engine = engine
+        self.default_tz = parse_tz(default_tz)
+        self._listeners: list[Callable[[], None]] = []
+
+    @classmethod
+    def from_url(cls, url: str, *, default_tz: str = "UTC") -> AlarmQueue:
+        return cls(create_engine_from_url(url), default_tz=default_tz)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every change that may make something due sooner."""
+        self._listeners.append(callback)
+
+    # ---------------------------------------------------------------- enqueue
+
+    def put(self, calid: str, ics: str | bytes, *, now: datetime, owner: str = "", tz: str | None = None) -> PutResult:
+        """Store the calendar objects in ``ics`` and (re)materialise their alarms.
+
+        Each object is replaced atomically: instances whose key is unchanged keep
+        their row and state, vanished ones are removed, new ones are added. Only
+        triggers at or after ``now`` are added. An object that cannot be read is
+        reported in ``errors`` and leaves its stored state untouched; a text that
+        is not iCalendar at all raises :class:`CalendarError`.
+        """
+        zone = parse_tz(tz) if tz else self.default_tz
+        parsed = parse_calendar(ics)
+        result = PutResult(errors=list(parsed.errors))
+        for obj in parsed.objects:
+            try:
+                planned = plan_alarms(
+                    obj, calid=calid, tz=zone, window_start=_EARLIEST, window_end=_LATEST, owner=owner
+                )
+            except CalendarError as exc:
+                result.errors.append(exc)
+                continue
+            with self.engine.begin() as conn:
+                added, kept, removed = self._replace_object(conn, calid, obj, planned, zone, owner, now)
+            result.objects += 1
+            result.added += added
+            result.kept += kept
+            result.removed += removed
+        if result.added:
+            self._changed()
+        return result
+
+    def _replace_object(
+        self,
+        conn: sa.Connection,
+        calid: str,
+        obj: CalendarObject,
+        planned: list[PlannedAlarm],
+        zone: tzinfo,
+        owner: str,
+        now: datetime,
+    ) -> tuple[int, int, int]:
+        source_values = {
+            "component": obj.component,
+            "ics": obj.to_ical(),
+            "owner": owner,
+            "tz": str(getattr(zone, "key", "UTC")),
+            "updated_at": now,
+        }
+        updated = conn.execute(
+            sa.update(sources).where(sources.c.calid == calid, sources.c.uid == obj.uid).values(**source_values)
+        )
+        if updated.rowcount == 0:
+            conn.execute(sa.insert(sources).values(calid=calid, uid=obj.uid, created_at=now, **source_values))
+
+        existing = {
+            (r.calid, r.uid, r.rid, r.aid, r.trigger_at): r
+            for r in conn.execute(
+                sa.select(
+                    alarms.c.id,
+                    alarms.c.calid,
+                    alarms.c.uid,
+                    alarms.c.rid,
+                    alarms.c.aid,
+                    alarms.c.trigger_at,
+                    alarms.c.state,
+                ).where(alarms.c.calid == calid, alarms.c.uid == obj.uid)
+            )
+        }
+        wanted = {p.key: p for p in planned}
+        gone = [row for key, row in existing.items() if key not in wanted]
+        new = [p for key, p in wanted.items() if key not in existing and p.trigger >= now]
+        kept = [(row, wanted[key]) for key, row in existing.items() if key in wanted]
+
+        if gone:
+            conn.execute(sa.delete(alarms).where(alarms.c.id.in_([r.id for r in gone])))
+            self._history(
+                conn,
+                [(r.id, r.calid, r.uid, r.rid, r.aid, r.trigger_at) for r in gone],
+                "removed",
+                now,
+                detail="no longer in the calendar object",
+            )
+        for row, plan in kept:
+            if row.state == State.PENDING:
+                conn.execute(
+                    sa.update(alarms)
+                    .where(alarms.c.id == row.id)
+                    .values(payload=plan.payload.to_dict(), action=plan.action, updated_at=now)
+                )
+        if new:
+            inserted = (
+                conn.execute(
+                    sa.insert(alarms).returning(alarms.c.id, sort_by_parameter_order=True),
+                    [_row(p, now) for p in new],
+                )
+                .scalars()
+                .all()
+            )
+            self._history(
+                conn,
+                [(i, p.calid, p.uid, p.rid, p.aid, p.trigger) for i, p in zip(inserted, new, strict=True)],
+                "queued",
+                now,
+            )
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text(f"NOTIFY {NOTIFY_CHANNEL}"))
+        return len(new), len(kept), len(gone)
+
+    def remove(self, calid: str, uid: str, *, now: datetime) -> int:
+        """Forget a calendar object and its pending and in-flight instances; return how many."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(sources).where(sources.c.calid == calid, sources.c.uid == uid))
+            rows = conn.execute(
+                sa.delete(alarms)
+                .where(alarms.c.calid == calid, alarms.c.uid == uid, alarms.c.state.in_(LIVE_STATES))
+                .returning(*_KEY)
+            ).all()
+            self._history(conn, [tuple(r) for r in rows], "removed", now, detail="calendar object removed")
+        return len(rows)
+
+    # ---------------------------------------------------------------- dispatch
+
+    def claim_due(self, *, now: datetime, limit: int, lease: timedelta, owner: str) -> list[ClaimedAlarm]:
+        """Claim up to ``limit`` due instances for ``lease``; each claim is a new attempt.
+
+        Due means pending or in flight with ``next_at <= now``: an instance whose
+        ack did not arrive within its lease is simply due again. On PostgreSQL
+        ``FOR UPDATE SKIP LOCKED`` lets several dispatchers claim side by side
+        without waiting on or double-claiming each other's rows; on SQLite (one
+        writer at a time) the UPDATE re-checks the due condition, so a row is
+        claimed by one statement only.
+        """
+        due = (
+            sa.select(alarms.c.id)
+            .where(alarms.c.state.in_(LIVE_STATES), alarms.c.next_at <= now)
+            .order_by(alarms.c.next_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            sa.update(alarms)
+            .where(alarms.c.id.in_(due.scalar_subquery()), alarms.c.state.in_(LIVE_STATES), alarms.c.next_at <= now)
+            .values(
+                state=State.INFLIGHT,
+                attempts=alarms.c.attempts + 1,
+                next_at=now + lease,
+                claimed_by=owner,
+                updated_at=now,
+            )
+            .returning(
+                alarms.c.id,
+                alarms.c.attempts,
+                alarms.c.component,
+                alarms.c.calid,
+                alarms.c.uid,
+                alarms.c.rid,
+                alarms.c.aid,
+                alarms.c.trigger_at,
+                alarms.c.payload,
+            )
+        )
+        with self.engine.begin() as conn:
+            rows = conn.execute(stmt).all()
+            claimed = [
+                ClaimedAlarm(r.id, r.attempts, r.component, r.calid, r.uid, r.rid, r.aid, r.trigger_at, r.payload)
+                for r in rows
+            ]
+            claimed.sort(key=lambda c: c.trigger)
+            self._history_each(
+                conn,
+                [c.key for c in claimed],
+                "published",
+                now,
+                detail=f"by {owner}",
+                attempts=[c.attempt for c in claimed],
+            )
+        return claimed
+
+    def release(self, claimed: Iterable[ClaimedAlarm], *, now: datetime, delay: timedelta, reason: str) -> None:
+        """Hand back claims that could not be published; they are due again after ``delay``."""
+        items = list(claimed)
+        if not items:
+            return
+        with self.engine.begin() as conn:
+            for c in items:
+                conn.execute(
+                    sa.update(alarms)
+                    .where(alarms.c.id == c.id, alarms.c.attempts == c.attempt, alarms.c.state == State.INFLIGHT)
+                    .values(
+                        state=State.PENDING,
+                        attempts=alarms.c.attempts - 1,
+                        next_at=now + delay,
+                        last_error=reason,
+                        updated_at=now,
+                    )
+                )
+            self._history(
+                conn,
+                [c.key for c in items],
+                "unpublished",
+                now,
+                detail=reason,
+            )
+
+    def ack(
+        self, alarm_id: int, attempt: int, status: AckStatus, reason: str, *, now: datetime, retry_delay: timedelta
+    ) -> AckOutcome:
+        """Apply an end-to-end ack.
+
+        ``delivered`` deletes the instance whatever attempt it names, exactly once
+        (the DELETE decides; a second ack finds nothing). ``failed`` and ``retry``
+        only count when they answer the current attempt of an in-flight instance;
+        an older attempt's verdict is stale.
+        """
+        with self.engine.begin() as conn:
+            if status is AckStatus.DELIVERED:
+                deleted = conn.execute(sa.delete(alarms).where(alarms.c.id == alarm_id).returning(*_KEY)).first()
+                if deleted is None:
+                    return AckOutcome.UNKNOWN
+                self._history(conn, [tuple(deleted)], "delivered", now, attempt=attempt, detail=reason)
+                return AckOutcome.DELETED
+            row = conn.execute(
+                sa.select(*_KEY, alarms.c.state, alarms.c.attempts).where(alarms.c.id == alarm_id)
+            ).first()
+            if row is None:
+                return AckOutcome.UNKNOWN
+            if row.state != State.INFLIGHT or row.attempts != attempt:
+                return AckOutcome.STALE
+            if status is AckStatus.FAILED:
+                values: dict[str, Any] = {"state": State.FAILED, "last_error": reason or "failed", "updated_at": now}
+                event, outcome = "failed", AckOutcome.FAILED
+            else:
+                values = {
+                    "state": State.PENDING,
+                    "next_at": now + retry_delay,
+                    "last_error": reason or "retry",
+                    "updated_at": now,
+                }
+                event, outcome = "retry", AckOutcome.RESCHEDULED
+            conn.execute(
+                sa.update(alarms).where(alarms.c.id == alarm_id, alarms.c.attempts == attempt).values(**values)
+            )
+            self._history(conn, [tuple(row)[:6]], event, now, attempt=attempt, detail=reason)
+        if outcome is AckOutcome.RESCHEDULED:
+            self._changed()
+        return outcome
+
+    def next_due_at(self) -> datetime | None:
+        """The earliest ``next_at`` of a live instance, or None when nothing is queued."""
+        with self.engine.connect() as conn:
+            value: datetime | None = conn.execute(
+                sa.select(sa.func.min(alarms.c.next_at)).where(alarms.c.state.in_(LIVE_STATES))
+            ).scalar()
+        # SQLite's MIN() returns text, bypassing the column type; normalise both backends.
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    # ---------------------------------------------------------------- inspect
+
+    def list_alarms(
+        self,
+        *,
+        state: str | None = None,
+        calid: str | None = None,
+        uid: str | None = None,
+        alarm_id: int | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[AlarmRecord]:
+        query = sa.select(alarms).order_by(alarms.c.next_at, alarms.c.id).limit(limit).offset(offset)
+        if alarm_id is not None:
+            query = query.where(alarms.c.id == alarm_id)
+        if state:
+            query = query.where(alarms.c.state == state)
+        if calid:
+            query = query.where(alarms.c.calid == calid)
+        if uid:
+            query = query.where(alarms.c.uid == uid)
+        with self.engine.connect() as conn:
+            return [
+                AlarmRecord(
+                    r.id,
+                    r.calid,
+                    r.uid,
+                    r.rid,
+                    r.aid,
+                    r.component,
+                    r.action,
+                    r.state,
+                    r.trigger_at,
+                    r.next_at,
+                    r.attempts,
+                    r.last_error,
+                )
+                for r in conn.execute(query)
+            ]
+
+    def history(self, alarm_id: int) -> list[dict[str, Any]]:
+        query = sa.select(alarm_history).where(alarm_history.c.alarm_id == alarm_id).order_by(alarm_history.c.id)
+        with self.engine.connect() as conn:
+            return [
+                {"at": _iso(r.at), "event": r.event, "attempt": r.attempt, "detail": r.detail}
+                for r in conn.execute(query)
+            ]
+
+    def stats(self, *, now: datetime) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            counts: dict[str, int] = dict(
+                conn.execute(sa.select(alarms.c.state, sa.func.count()).group_by(alarms.c.state)).all()
+            )
+            oldest = conn.execute(
+                sa.select(alarms.c.trigger_at)
+                .where(alarms.c.state == State.PENDING, alarms.c.next_at <= now)
+                .order_by(alarms.c.trigger_at)
+                .limit(1)
+            ).scalar()
+            sources_count = conn.execute(sa.select(sa.func.count()).select_from(sources)).scalar_one()
+        next_due = self.next_due_at()
+        return {
+            "states": {s.value: int(counts.get(s.value, 0)) for s in State},
+            "total": int(sum(counts.values())),
+            "sources": int(sources_count),
+            "next_due": _iso(next_due) if next_due else None,
+            "oldest_overdue": _iso(oldest) if oldest else None,
+            "oldest_overdue_seconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
+        }
+
+    # ---------------------------------------------------------------- helpers
+
+    def _history(
+        self,
+        conn: sa.Connection,
+        keys: Sequence[Sequence[Any]],
+        event: str,
+        now: datetime,
+        *,
+        attempt: int = 0,
+        detail: str = "",
+    ) -> None:
+        self._history_each(conn, keys, event, now, detail=detail, attempts=[attempt] * len(keys))
+
+    def _history_each(
+        self,
+        conn: sa.Connection,
+        keys: Sequence[Sequence[Any]],
+        event: str,
+        now: datetime,
+        *,
+        detail: str,
+        attempts: Sequence[int],
+    ) -> None:
+        if keys:
+            conn.execute(
+                sa.insert(alarm_history),
+                [_history_row(k, event, now, attempt=a, detail=detail) for k, a in zip(keys, attempts, strict=True)],
+            )
+
+    def _changed(self) -> None:
+        for callback in self._listeners:
+            callback()
+
+
+def _row(p: PlannedAlarm, now: datetime) -> dict[str, Any]:
+    return {
+        "calid": p.calid,
+        "uid": p.uid,
+        "rid": p.rid,
+        "aid": p.aid,
+        "component": p.component,
+        "action": p.action,
+        "trigger_at": p.trigger,
+        "state": State.PENDING.value,
+        "next_at": p.trigger,
+        "attempts": 0,
+        "payload": p.payload.to_dict(),
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _history_row(
+    key: Sequence[Any], event: str, now: datetime, *, attempt: int = 0, detail: str = ""
+) -> dict[str, Any]:
+    row = dict(zip(_HISTORY_KEY, key, strict=True))
+    row.update(at=now, event=event, attempt=attempt, detail=detail[:2000])
+    return row
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

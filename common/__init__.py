@@ -1,0 +1,1 @@
+"""Code shared by alarmd and notifyd: settings, database, the ENS bus, logging."""

@@ -1,0 +1,199 @@
+"""Notification and ack envelopes: versioned JSON, never pickle.
+
+A notification on the wire::
+
+    {"v": 1, "type": "notification", "id": "…", "ref": "enp:///ics/eventalarm?…",
+     "properties": {"hostname": …, "pid": …, "process": …, "timestamp": …},
+     "payload": {…}, "renl": {"ack_to": "alarmd", "renl_id": "42:1", "timeout": 60.0}}
+
+An ack::
+
+    {"v": 1, "type": "ack", "renl_id": "42:1", "status": "delivered", "reason": "",
+     "properties": {…}}
+
+Readers ignore keys and properties they do not know, and reject a major version
+they do not speak.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from common.ens.reference import EventReference, InvalidReference
+
+VERSION = 1
+MAX_MESSAGE_BYTES = 1_000_000
+
+
+class EnvelopeError(ValueError):
+    """A message on the bus that is not a valid envelope; the text says what is wrong."""
+
+
+class AckStatus(StrEnum):
+    DELIVERED = "delivered"  # processed; the publisher may forget the instance
+    FAILED = "failed"  # permanent failure; do not retry
+    RETRY = "retry"  # transient failure; publisher reschedules with backoff
+
+
+Properties = dict[str, str | int | float | bool]
+
+
+def standard_properties(process: str, now: datetime) -> Properties:
+    """The properties every notification and ack carries."""
+    return {
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "process": process,
+        "timestamp": int(now.timestamp() * 1000),
+    }
+
+
+@dataclass(frozen=True)
+class Renl:
+    """A request for an end-to-end acknowledgment."""
+
+    ack_to: str
+    renl_id: str
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Notification:
+    ref: EventReference
+    payload: dict[str, Any]
+    properties: Properties = field(default_factory=dict)
+    renl: Renl | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def to_json(self) -> bytes:
+        body: dict[str, Any] = {
+            "v": VERSION,
+            "type": "notification",
+            "id": self.id,
+            "ref": str(self.ref),
+            "properties": self.properties,
+            "payload": self.payload,
+        }
+        if self.renl is not None:
+            body["renl"] = {
+                "ack_to": self.renl.ack_to,
+                "renl_id": self.renl.renl_id,
+                "timeout": self.renl.timeout,
+            }
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Notification:
+        body = _load(raw, "notification")
+        try:
+            ref = EventReference.parse(_field(body, "ref", str))
+        except InvalidReference as exc:
+            raise EnvelopeError(f"notification 'ref': {exc}") from None
+        if ref.pool is not None:
+            raise EnvelopeError("notification 'ref' must not name a pool")
+        renl_body = body.get("renl")
+        return cls(
+            ref=ref,
+            payload=_field(body, "payload", dict),
+            properties=_properties(body),
+            renl=None if renl_body is None else _renl(renl_body),
+            id=_field(body, "id", str),
+        )
+
+
+@dataclass(frozen=True)
+class Ack:
+    renl_id: str
+    status: AckStatus
+    reason: str = ""
+    properties: Properties = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        body = {
+            "v": VERSION,
+            "type": "ack",
+            "renl_id": self.renl_id,
+            "status": self.status.value,
+            "reason": self.reason,
+            "properties": self.properties,
+        }
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Ack:
+        body = _load(raw, "ack")
+        status = _field(body, "status", str)
+        try:
+            ack_status = AckStatus(status)
+        except ValueError:
+            raise EnvelopeError(f"ack 'status' {status!r} is not one of delivered, failed, retry") from None
+        return cls(
+            renl_id=_field(body, "renl_id", str),
+            status=ack_status,
+            reason=str(body.get("reason", "")),
+            properties=_properties(body),
+        )
+
+
+def renl_of(raw: bytes | str) -> Renl | None:
+    """Best effort: the RENL request of a message that may be otherwise invalid.
+
+    Lets a subscriber ack ``failed`` a poison notification instead of leaving the
+    publisher to republish it for ever.
+    """
+    try:
+        body = json.loads(raw)
+        return _renl(body["renl"])
+    except Exception:  # noqa: BLE001 - anything unreadable simply has no RENL
+        return None
+
+
+def _load(raw: bytes | str, kind: str) -> dict[str, Any]:
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise EnvelopeError(f"{kind} is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES} byte limit")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EnvelopeError(f"{kind} is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise EnvelopeError(f"{kind} must be a JSON object")
+    version = body.get("v")
+    if not isinstance(version, int) or version != VERSION:
+        raise EnvelopeError(f"{kind} has version {version!r}; this build speaks version {VERSION}")
+    if body.get("type") != kind:
+        raise EnvelopeError(f"expected a message of type {kind!r}, got {body.get('type')!r}")
+    return body
+
+
+def _field(body: dict[str, Any], name: str, kind: type) -> Any:
+    value = body.get(name)
+    if not isinstance(value, kind):
+        raise EnvelopeError(f"field {name!r} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _properties(body: dict[str, Any]) -> Properties:
+    props = body.get("properties", {})
+    if not isinstance(props, dict):
+        raise EnvelopeError("field 'properties' must be an object")
+    return {str(k): v for k, v in props.items() if isinstance(v, str | int | float | bool)}
+
+
+def _renl(body: Any) -> Renl:
+    if not isinstance(body, dict):
+        raise EnvelopeError("field 'renl' must be an object")
+    timeout = body.get("timeout")
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+        raise EnvelopeError("renl 'timeout' must be a positive number of seconds")
+    return Renl(
+        ack_to=_field(body, "ack_to", str),
+        renl_id=_field(body, "renl_id", str),
+        timeout=float(timeout),
+    )

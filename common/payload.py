@@ -1,0 +1,91 @@
+"""What an alarm notification carries: everything notifyd needs to write the reminder.
+
+alarmd builds it when it materialises an instance (so a later edit of the source
+cannot change a reminder already in flight); notifyd validates it on arrival.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+
+PAYLOAD_VERSION = 1
+ISO_Z = "%Y-%m-%dT%H:%M:%SZ"
+
+
+class PayloadError(ValueError):
+    """A notification payload that cannot be used; the message says which field."""
+
+
+def format_utc(instant: datetime) -> str:
+    """``2026-11-23T10:00:00Z``; ``instant`` must be aware."""
+    if instant.tzinfo is None:
+        raise ValueError("a naive datetime has no defined instant")
+    return instant.astimezone(UTC).strftime(ISO_Z)
+
+
+def parse_utc(text: str) -> datetime:
+    """Inverse of :func:`format_utc`; also accepts any ISO 8601 string with an offset."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset")
+    return value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class AlarmPayload:
+    calid: str
+    uid: str
+    rid: str  # recurrence id as UTC ISO Z; "" for a non-recurring component
+    aid: str
+    component: str  # "event" | "todo"
+    action: str  # "DISPLAY" | "EMAIL" | "AUDIO" | …
+    trigger: str  # UTC ISO Z
+    summary: str = ""
+    description: str = ""
+    location: str = ""
+    start: str = ""  # UTC ISO Z, or YYYY-MM-DD for an all-day component
+    end: str = ""
+    tz: str = "UTC"  # the calendar's time zone, for showing times to people
+    alarm_summary: str = ""
+    alarm_description: str = ""
+    owner: str = ""  # the calendar owner's address, given at enqueue
+    recipients: list[str] = field(default_factory=list)
+    v: int = PAYLOAD_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AlarmPayload:
+        if data.get("v") != PAYLOAD_VERSION:
+            raise PayloadError(f"payload version {data.get('v')!r} is not {PAYLOAD_VERSION}")
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name in known:
+            if name not in data:
+                continue
+            value = data[name]
+            if name == "recipients":
+                if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+                    raise PayloadError("payload 'recipients' must be a list of strings")
+            elif name == "v":
+                pass
+            elif not isinstance(value, str):
+                raise PayloadError(f"payload {name!r} must be a string")
+            values[name] = value
+        for required in ("calid", "uid", "rid", "aid", "component", "action", "trigger"):
+            if required not in values:
+                raise PayloadError(f"payload lacks {required!r}")
+        if values["component"] not in ("event", "todo"):
+            raise PayloadError(f"payload 'component' must be event or todo, not {values['component']!r}")
+        try:
+            parse_utc(values["trigger"])
+        except ValueError:
+            raise PayloadError(f"payload 'trigger' {values['trigger']!r} is not an ISO 8601 UTC instant") from None
+        return cls(**values)
+
+    @property
+    def trigger_at(self) -> datetime:
+        return parse_utc(self.trigger)

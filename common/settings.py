@@ -1,0 +1,183 @@
+"""Configuration: a TOML file, then environment overrides, then validation.
+
+The file comes from ``--config PATH`` or ``CALALARM_CONFIG``; without either the
+embedded defaults apply (SQLite under ``var/``, in-process bus, SMTP on
+127.0.0.1:8025). Every setting can be overridden by ``CALALARM_<SECTION>_<NAME>``,
+e.g. ``CALALARM_DATABASE_URL``, ``CALALARM_BUS_URL``, ``CALALARM_SMTP_URL``,
+``CALALARM_ALARMD_ACK_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+ENV_PREFIX = "CALALARM_"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the setting and the fix."""
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:///var/calalarm.db"
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    url: str = "memory://"
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    url: str = "smtp://127.0.0.1:8025"
+    sender: str = "Calendar reminders <calalarm@localhost>"
+    timeout: float = 30.0
+    username: str = ""
+    password: str = ""
+
+    @property
+    def endpoint(self) -> SmtpEndpoint:
+        return SmtpEndpoint.parse(self.url)
+
+
+@dataclass(frozen=True)
+class SmtpEndpoint:
+    """``smtp://host:port`` (plain), ``smtp+starttls://`` (STARTTLS required), ``smtps://`` (implicit TLS)."""
+
+    host: str
+    port: int
+    tls: str  # "plain" | "starttls" | "implicit"
+    username: str = ""
+    password: str = ""
+
+    @classmethod
+    def parse(cls, url: str) -> SmtpEndpoint:
+        parts = urlsplit(url)
+        modes = {"smtp": ("plain", 25), "smtp+starttls": ("starttls", 587), "smtps": ("implicit", 465)}
+        if parts.scheme not in modes:
+            raise ConfigError(f"smtp.url {url!r}: scheme must be smtp://, smtp+starttls:// or smtps://")
+        if not parts.hostname:
+            raise ConfigError(f"smtp.url {url!r}: name the server, e.g. smtp://mail.example.com:25")
+        tls, default_port = modes[parts.scheme]
+        try:
+            port = parts.port or default_port
+        except ValueError:
+            raise ConfigError(f"smtp.url {url!r}: the port is not a number") from None
+        return cls(parts.hostname, port, tls, unquote(parts.username or ""), unquote(parts.password or ""))
+
+
+@dataclass(frozen=True)
+class AlarmdSettings:
+    ack_timeout: float = 60.0  # seconds a published instance waits for its ack before it is due again
+    batch_size: int = 100  # instances claimed per database round trip
+    safety_poll: float = 30.0  # longest sleep, a backstop for wake-ups that were missed
+    ack_to: str = "alarmd"  # the RENL address (queue) acks are sent to
+    default_tz: str = "UTC"  # time zone for floating and all-day times when the enqueuer names none
+
+
+@dataclass(frozen=True)
+class NotifydSettings:
+    pool: str = "notifyd"  # notifyd instances with the same pool share the work
+    concurrency: int = 10  # notifications handled at once by one notifyd
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    bus: BusSettings = field(default_factory=BusSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    alarmd: AlarmdSettings = field(default_factory=AlarmdSettings)
+    notifyd: NotifydSettings = field(default_factory=NotifydSettings)
+
+    def replace(self, **sections: Any) -> Settings:
+        return dataclasses.replace(self, **sections)
+
+
+_TOML_ALIASES = {("smtp", "from"): "sender"}
+_SECTIONS: dict[str, type] = {
+    "database": DatabaseSettings,
+    "bus": BusSettings,
+    "smtp": SmtpSettings,
+    "alarmd": AlarmdSettings,
+    "notifyd": NotifydSettings,
+}
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (or ``$CALALARM_CONFIG``), apply environment overrides, validate."""
+    env = os.environ if env is None else env
+    path = path or env.get(ENV_PREFIX + "CONFIG") or None
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    sections: dict[str, Any] = {}
+    for section, cls in _SECTIONS.items():
+        given = raw.pop(section, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"[{section}] must be a table in {path}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in given.items():
+            name = _TOML_ALIASES.get((section, key), key)
+            if name not in names:
+                raise ConfigError(f"unknown setting {section}.{key} in {path}")
+            values[name] = value
+        for name in names:
+            env_name = f"{ENV_PREFIX}{section}_{name}".upper()
+            if env_name in env:
+                values[name] = env[env_name]
+        sections[section] = _build(cls, section, values)
+    if raw:
+        raise ConfigError(f"unknown section(s) {sorted(raw)} in {path}")
+    settings = Settings(**sections)
+    _validate(settings)
+    return settings
+
+
+def _build(cls: type, section: str, values: dict[str, Any]) -> Any:
+    defaults = cls()
+    converted: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value, kind = values[f.name], type(getattr(defaults, f.name))
+        try:
+            if kind is bool:
+                converted[f.name] = value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes"}
+            else:
+                converted[f.name] = kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{section}.{f.name} must be a {kind.__name__}, got {value!r}") from None
+    return cls(**converted)
+
+
+def _validate(settings: Settings) -> None:
+    settings.smtp.endpoint  # noqa: B018 - parses, raising ConfigError on a bad URL
+    if settings.alarmd.ack_timeout <= 0:
+        raise ConfigError("alarmd.ack_timeout must be a positive number of seconds")
+    if settings.alarmd.batch_size < 1:
+        raise ConfigError("alarmd.batch_size must be at least 1")
+    if settings.alarmd.safety_poll <= 0:
+        raise ConfigError("alarmd.safety_poll must be a positive number of seconds")
+    if settings.notifyd.concurrency < 1:
+        raise ConfigError("notifyd.concurrency must be at least 1")
+    try:
+        ZoneInfo(settings.alarmd.default_tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"alarmd.default_tz {settings.alarmd.default_tz!r} is not an IANA time zone") from None
+    if not settings.database.url.startswith(("sqlite", "postgresql")):
+        raise ConfigError(f"database.url {settings.database.url!r}: use sqlite:///PATH or postgresql+psycopg://…")

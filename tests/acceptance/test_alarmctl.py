@@ -1,0 +1,115 @@
+"""alarmctl as a real process: exit codes, messages and --json outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.calendars import display, event
+
+BIN = Path(sys.executable).parent
+
+
+def alarmctl(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "alarmctl"), *args], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("CALALARM_")}
+    e["CALALARM_DATABASE_URL"] = f"sqlite:///{tmp_path / 'q.db'}"
+    return e
+
+
+def test_unmigrated_database_is_refused_with_the_fix(env: dict[str, str]) -> None:
+    result = alarmctl("list", "--json", env=env)
+    assert result.returncode == 3
+    assert "alarmctl db upgrade" in result.stderr
+
+
+def test_enqueue_list_stats_round_trip(env: dict[str, str], tmp_path: Path) -> None:
+    assert alarmctl("db", "upgrade", env=env).returncode == 0
+    start = datetime.now(UTC) + timedelta(days=1)
+    ics = tmp_path / "meeting.ics"
+    ics.write_text(event("m1", start, display("-PT15M"), display("-PT5M")))
+    result = alarmctl("enqueue", str(ics), "--calid", "jac", "--owner", "jac@example.com", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["added"] == 2
+
+    listed = json.loads(alarmctl("list", "--json", env=env).stdout)
+    assert [(r["uid"], r["state"], r["aid"]) for r in listed] == [("m1", "pending", "1"), ("m1", "pending", "2")]
+    assert listed[0]["ref"] == "enp:///ics/eventalarm?calid=jac&uid=m1&rid=&aid=1"
+
+    stats = json.loads(alarmctl("stats", "--json", env=env).stdout)
+    assert stats["states"]["pending"] == 2
+    assert stats["total"] == 2
+
+
+def test_a_file_that_is_not_icalendar_fails_naming_the_file_and_enqueues_nothing(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    assert alarmctl("db", "upgrade", env=env).returncode == 0
+    good = tmp_path / "good.ics"
+    good.write_text(event("g1", datetime.now(UTC) + timedelta(days=1), display("-PT15M")))
+    bad = tmp_path / "notes.txt"
+    bad.write_text("Meeting at ten, bring snacks\n")
+    result = alarmctl("enqueue", str(bad), str(good), "--calid", "jac", env=env)
+    assert result.returncode == 1
+    assert str(bad) in result.stderr
+    assert "not iCalendar" in result.stderr
+    assert [r["uid"] for r in json.loads(alarmctl("list", "--json", env=env).stdout)] == ["g1"]
+
+    only_bad = alarmctl("enqueue", str(bad), "--calid", "jac", env=env)
+    assert only_bad.returncode == 1
+    assert len(json.loads(alarmctl("list", "--json", env=env).stdout)) == 1
+
+
+def test_preview_json_schema(env: dict[str, str], tmp_path: Path) -> None:
+    ics = tmp_path / "todo.ics"
+    ics.write_text(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:t\r\nBEGIN:VTODO\r\nUID:t1\r\nDUE:20261124T170000\r\n"
+        "BEGIN:VALARM\r\nACTION:DISPLAY\r\nDESCRIPTION:x\r\nTRIGGER;RELATED=END:-PT1H\r\nEND:VALARM\r\n"
+        "END:VTODO\r\nEND:VCALENDAR\r\n"
+    )
+    result = alarmctl(
+        "preview",
+        str(ics),
+        "--tz",
+        "Europe/Berlin",
+        "--from",
+        "2026-11-01T00:00:00Z",
+        "--until",
+        "2026-12-01T00:00:00Z",
+        "--json",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    # Floating 17:00 in Berlin (UTC+1) = 16:00Z; one hour before = 15:00Z.
+    assert json.loads(result.stdout) == [
+        {
+            "ref": "enp:///ics/todoalarm?calid=preview&uid=t1&rid=&aid=1",
+            "component": "todo",
+            "uid": "t1",
+            "rid": "",
+            "aid": "1",
+            "action": "DISPLAY",
+            "trigger": "2026-11-24T15:00:00Z",
+        }
+    ]
+    outside = alarmctl("preview", str(ics), "--from", "2027-01-01T00:00:00Z", "--json", env=env)
+    assert json.loads(outside.stdout) == []
+
+
+def test_bad_configuration_exits_2(env: dict[str, str]) -> None:
+    env["CALALARM_SMTP_URL"] = "http://nope"
+    result = alarmctl("stats", env=env)
+    assert result.returncode == 2
+    assert "smtp.url" in result.stderr

@@ -1,0 +1,205 @@
+"""AlarmQueue against real SQLite and PostgreSQL (the same tests on both)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from alarmd.ical import CalendarError
+from alarmd.queue import AckOutcome, AlarmQueue
+from common.db.engine import create_engine_from_url
+from common.db.tables import metadata
+from common.ens.envelope import AckStatus
+from tests.calendars import display, event, utc
+
+NOW = utc("2026-11-23T10:00:00Z")
+LEASE = timedelta(seconds=60)
+NO_DELAY = timedelta(0)
+
+
+def put_one(queue: AlarmQueue, uid: str = "e1", minutes: int = 15, *alarms: str) -> None:
+    result = queue.put("jac", event(uid, NOW + timedelta(minutes=minutes), *(alarms or (display("-PT5M"),))), now=NOW)
+    assert not result.errors
+
+
+def test_migrations_match_the_table_definitions(database_url: str) -> None:
+    engine = create_engine_from_url(database_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_put_claim_ack_delivered_deletes_and_keeps_history(queue: AlarmQueue) -> None:
+    put_one(queue)
+    assert queue.next_due_at() == utc("2026-11-23T10:10:00Z")
+    assert queue.claim_due(now=utc("2026-11-23T10:09:59Z"), limit=10, lease=LEASE, owner="t") == []
+    (claimed,) = queue.claim_due(now=utc("2026-11-23T10:10:00Z"), limit=10, lease=LEASE, owner="t")
+    assert (claimed.attempt, claimed.renl_id) == (1, f"{claimed.id}:1")
+    assert str(claimed.ref) == "enp:///ics/eventalarm?calid=jac&uid=e1&rid=&aid=1"
+    assert claimed.payload["trigger"] == "2026-11-23T10:10:00Z"
+    assert queue.ack(claimed.id, 1, AckStatus.DELIVERED, "", now=NOW, retry_delay=NO_DELAY) is AckOutcome.DELETED
+    assert queue.list_alarms() == []
+    assert [h["event"] for h in queue.history(claimed.id)] == ["queued", "published", "delivered"]
+
+
+def test_unacked_instance_is_due_again_after_its_lease_and_late_ack_removes_it_once(queue: AlarmQueue) -> None:
+    put_one(queue)
+    due = utc("2026-11-23T10:10:00Z")
+    (first,) = queue.claim_due(now=due, limit=10, lease=LEASE, owner="t")
+    assert queue.claim_due(now=due + LEASE - timedelta(milliseconds=1), limit=10, lease=LEASE, owner="t") == []
+    (second,) = queue.claim_due(now=due + LEASE, limit=10, lease=LEASE, owner="t")
+    assert (second.id, second.attempt) == (first.id, 2)
+    assert [r.state for r in queue.list_alarms()] == ["inflight"]
+    # The first attempt's ack arrives late: it still counts, exactly once.
+    assert queue.ack(first.id, 1, AckStatus.DELIVERED, "", now=due, retry_delay=NO_DELAY) is AckOutcome.DELETED
+    assert queue.ack(second.id, 2, AckStatus.DELIVERED, "", now=due, retry_delay=NO_DELAY) is AckOutcome.UNKNOWN
+    assert queue.list_alarms() == []
+
+
+def test_retry_reschedules_failed_marks_and_stale_acks_are_ignored(queue: AlarmQueue) -> None:
+    put_one(queue, "a")
+    put_one(queue, "b")
+    due = utc("2026-11-23T10:10:00Z")
+    a, b = queue.claim_due(now=due, limit=10, lease=LEASE, owner="t")
+    assert queue.ack(a.id, 1, AckStatus.RETRY, "451", now=due, retry_delay=timedelta(seconds=30)) is (
+        AckOutcome.RESCHEDULED
+    )
+    assert queue.ack(a.id, 1, AckStatus.FAILED, "late verdict", now=due, retry_delay=NO_DELAY) is AckOutcome.STALE
+    assert queue.ack(b.id, 1, AckStatus.FAILED, "550 no such user", now=due, retry_delay=NO_DELAY) is (
+        AckOutcome.FAILED
+    )
+    by_uid = {r.uid: r for r in queue.list_alarms()}
+    assert (by_uid["a"].state, by_uid["a"].next_at, by_uid["a"].last_error) == (
+        "pending",
+        due + timedelta(seconds=30),
+        "451",
+    )
+    assert (by_uid["b"].state, by_uid["b"].last_error) == ("failed", "550 no such user")
+    # A failed instance is never claimed again; the retried one is, after its delay.
+    (again,) = queue.claim_due(now=due + timedelta(hours=1), limit=10, lease=LEASE, owner="t")
+    assert (again.id, again.attempt) == (a.id, 2)
+    stats = queue.stats(now=due)
+    assert stats["states"] == {"pending": 0, "inflight": 1, "failed": 1, "expired": 0}
+
+
+def test_reput_keeps_unchanged_instances_and_their_state(queue: AlarmQueue) -> None:
+    put_one(queue, "e1", 15, display("-PT5M"), display("-PT1M"))
+    due = utc("2026-11-23T10:10:00Z")
+    (inflight,) = queue.claim_due(now=due, limit=10, lease=LEASE, owner="t")
+    # Edit: alarm 1 unchanged (in flight), alarm 2 moved, a third added.
+    result = queue.put(
+        "jac",
+        event(
+            "e1", NOW + timedelta(minutes=15), display("-PT5M"), display("-PT2M"), display("-PT3M"), summary="Renamed"
+        ),
+        now=due,
+    )
+    assert (result.added, result.kept, result.removed) == (2, 1, 1)
+    rows = {(r.aid, r.trigger.isoformat()): r for r in queue.list_alarms()}
+    assert rows[("1", "2026-11-23T10:10:00+00:00")].id == inflight.id
+    assert rows[("1", "2026-11-23T10:10:00+00:00")].state == "inflight"
+    assert sorted(rows) == [
+        ("1", "2026-11-23T10:10:00+00:00"),
+        ("2", "2026-11-23T10:13:00+00:00"),
+        ("3", "2026-11-23T10:12:00+00:00"),
+    ]
+    # Re-putting the same text again changes nothing.
+    same = queue.put(
+        "jac",
+        event(
+            "e1", NOW + timedelta(minutes=15), display("-PT5M"), display("-PT2M"), display("-PT3M"), summary="Renamed"
+        ),
+        now=due,
+    )
+    assert (same.added, same.kept, same.removed) == (0, 3, 0)
+
+
+def test_past_triggers_are_not_added(queue: AlarmQueue) -> None:
+    result = queue.put("jac", event("old", NOW - timedelta(hours=1), display("-PT5M")), now=NOW)
+    assert (result.objects, result.added) == (1, 0)
+
+
+def test_remove_drops_live_instances(queue: AlarmQueue) -> None:
+    put_one(queue, "e1", 15, display("-PT5M"), display("-PT1M"))
+    put_one(queue, "e2")
+    assert queue.remove("jac", "e1", now=NOW) == 2
+    assert [r.uid for r in queue.list_alarms()] == ["e2"]
+    assert queue.stats(now=NOW)["sources"] == 1
+
+
+def test_a_bad_object_is_reported_and_the_rest_of_the_file_enqueued(queue: AlarmQueue) -> None:
+    good = event("good", NOW + timedelta(minutes=15), display("-PT5M"))
+    bad = event("bad", NOW + timedelta(minutes=15), "ACTION:DISPLAY\r\nTRIGGER:soon")
+    both = good.replace("END:VCALENDAR\r\n", "") + bad.split("PRODID:-//calalarm//tests//EN\r\n", 1)[1]
+    result = queue.put("jac", both, now=NOW)
+    assert (result.objects, result.added) == (1, 1)
+    assert "UID bad" in str(result.errors[0])
+    assert [r.uid for r in queue.list_alarms()] == ["good"]
+
+
+def test_not_icalendar_raises_and_writes_nothing(queue: AlarmQueue) -> None:
+    with pytest.raises(CalendarError):
+        queue.put("jac", "this is not a calendar", now=NOW)
+    assert queue.stats(now=NOW)["total"] == 0
+
+
+def test_concurrent_claimers_never_share_an_instance(queue: AlarmQueue) -> None:
+    """Three dispatchers claim side by side (SKIP LOCKED on PostgreSQL, conditional UPDATE on SQLite)."""
+    text = "".join(
+        event(f"e{i}", NOW + timedelta(minutes=15), display("-PT5M"))
+        .split("PRODID:-//calalarm//tests//EN\r\n")[1]
+        .replace("END:VCALENDAR\r\n", "")
+        for i in range(300)
+    )
+    result = queue.put("jac", "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:t\r\n" + text + "END:VCALENDAR\r\n", now=NOW)
+    assert result.added == 300
+    claimed: dict[str, list[int]] = {}
+    barrier = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def claimer(name: str) -> None:
+        mine: list[int] = []
+        barrier.wait()
+        try:
+            while batch := queue.claim_due(now=utc("2026-11-23T10:11:00Z"), limit=7, lease=LEASE, owner=name):
+                mine.extend(c.id for c in batch)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        claimed[name] = mine
+
+    threads = [threading.Thread(target=claimer, args=(f"d{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    all_ids = [i for ids in claimed.values() for i in ids]
+    assert len(all_ids) == 300
+    assert len(set(all_ids)) == 300
+
+
+def test_postgres_put_sends_notify(postgres_url: str) -> None:
+    import psycopg
+
+    from alarmd.wakeup import libpq_url
+
+    queue = AlarmQueue.from_url(postgres_url)
+    with psycopg.connect(libpq_url(postgres_url), autocommit=True) as listener:
+        listener.execute("LISTEN calalarm_queue")
+        put_one(queue, "n1")
+        notices = list(listener.notifies(timeout=2.0, stop_after=1))
+    queue.close()
+    assert [n.channel for n in notices] == ["calalarm_queue"]
+
+
+def test_timestamps_come_back_aware_utc(database_url: str) -> None:
+    engine = create_engine_from_url(database_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.literal(1))).scalar() == 1
+    engine.dispose()

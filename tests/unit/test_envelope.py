@@ -1,0 +1,64 @@
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from common.ens.envelope import (
+    Ack,
+    AckStatus,
+    EnvelopeError,
+    Notification,
+    Renl,
+    renl_of,
+    standard_properties,
+)
+from common.ens.reference import EventReference
+
+REF = EventReference.alarm("event", "jac", "u1", "", "1")
+
+
+def test_notification_round_trips_as_versioned_json() -> None:
+    props = standard_properties("alarmd", datetime(2026, 11, 23, 10, 0, tzinfo=UTC))
+    n = Notification(REF, {"k": "v"}, props, Renl("alarmd", "7:1", 60.0))
+    body = json.loads(n.to_json())
+    assert body["v"] == 1
+    assert body["type"] == "notification"
+    assert set(body["properties"]) >= {"hostname", "pid", "process", "timestamp"}
+    assert body["properties"]["timestamp"] == 1795428000000
+    assert Notification.from_json(n.to_json()) == n
+
+
+def test_unknown_keys_and_properties_are_ignored() -> None:
+    body = json.loads(Notification(REF, {}).to_json())
+    body["future"] = {"x": 1}
+    body["properties"]["new"] = "value"
+    assert Notification.from_json(json.dumps(body)).properties["new"] == "value"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"not json", "not JSON"),
+        (b"[]", "JSON object"),
+        (b'{"v": 2, "type": "notification"}', "version 2"),
+        (b'{"v": 1, "type": "ack"}', "type 'notification'"),
+        (b'{"v": 1, "type": "notification", "id": "x", "ref": "bogus", "payload": {}}', "'ref'"),
+        (b'{"v": 1, "type": "notification", "id": "x", "ref": "enp:///ics/eventalarm", "payload": []}', "payload"),
+    ],
+)
+def test_invalid_notifications_raise_envelope_error(raw: bytes, message: str) -> None:
+    with pytest.raises(EnvelopeError, match=message):
+        Notification.from_json(raw)
+
+
+def test_ack_round_trip_and_bad_status() -> None:
+    ack = Ack("7:1", AckStatus.RETRY, "451 try later")
+    assert Ack.from_json(ack.to_json()) == ack
+    with pytest.raises(EnvelopeError, match="delivered, failed, retry"):
+        Ack.from_json(b'{"v": 1, "type": "ack", "renl_id": "7:1", "status": "maybe"}')
+
+
+def test_renl_can_be_read_from_an_otherwise_invalid_message() -> None:
+    raw = b'{"v": 99, "renl": {"ack_to": "alarmd", "renl_id": "3:1", "timeout": 5}}'
+    assert renl_of(raw) == Renl("alarmd", "3:1", 5.0)
+    assert renl_of(b"\xff\xfe") is None

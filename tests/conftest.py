@@ -27,13 +27,16 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def clean_postgres_url(postgres_url: str) -> str:
+    """The module's PostgreSQL database, emptied for this test."""
+    _truncate(postgres_url)
+    return postgres_url
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "sqlite":
-        return str(request.getfixturevalue("sqlite_url"))
-    url = str(request.getfixturevalue("postgres_url"))
-    _truncate(url)
-    return url
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "clean_postgres_url"))
 
 
 @pytest.fixture

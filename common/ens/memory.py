@@ -1,0 +1,145 @@
+"""In-process bus for the embedded deployment and for tests.
+
+Messages cross it as JSON bytes, exactly as on AMQP, so codec bugs show here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from common.ens.abc import (
+    AckHandler,
+    Bus,
+    BusUnavailable,
+    NotificationHandler,
+    Subscription,
+    as_subscription,
+)
+from common.ens.envelope import Ack, EnvelopeError, Notification
+from common.ens.poison import reject_poison
+from common.ens.reference import EventReference
+
+__all__ = ["MemoryBus", "reject_poison"]
+
+log = logging.getLogger(__name__)
+
+
+class _Queue:
+    """One queue: a subscription's own, a pool's shared one, or an ack address."""
+
+    def __init__(self, binding: EventReference | None) -> None:
+        self.binding = binding
+        self.items: asyncio.Queue[bytes] = asyncio.Queue()
+        self.consumers: set[asyncio.Task[None]] = set()
+
+
+class _MemorySubscription(Subscription):
+    def __init__(self, bus: MemoryBus, queue_name: str, task: asyncio.Task[None]) -> None:
+        self._bus = bus
+        self._queue_name = queue_name
+        self._task = task
+
+    async def cancel(self) -> None:
+        await self._bus._stop_consumer(self._queue_name, self._task)
+
+
+class MemoryBus(Bus):
+    def __init__(self) -> None:
+        self._queues: dict[str, _Queue] = {}
+        self._closed = False
+
+    async def start(self) -> None:
+        self._closed = False
+
+    async def close(self) -> None:
+        self._closed = True
+        for name, queue in list(self._queues.items()):
+            for task in list(queue.consumers):
+                await self._stop_consumer(name, task)
+
+    async def publish(self, notification: Notification) -> None:
+        if self._closed:
+            raise BusUnavailable("the in-process bus is closed")
+        body = notification.to_json()
+        for queue in self._queues.values():
+            if queue.binding is not None and queue.binding.matches(notification.ref):
+                queue.items.put_nowait(body)
+
+    async def subscribe(self, subscription: str | EventReference, handler: NotificationHandler) -> Subscription:
+        sub = as_subscription(subscription)
+        if sub.pool is None:
+            name = f"sub.{id(handler)}.{len(self._queues)}.{sub.queue_suffix()}"
+        else:
+            name = sub.queue_suffix()
+        queue = self._queues.setdefault(name, _Queue(sub.without_pool()))
+        return self._start_consumer(name, queue, lambda body: self._deliver(body, handler))
+
+    async def publish_raw(self, routing_key: str, body: bytes) -> None:
+        """Put ``body`` as is on every queue bound with ``routing_key`` (tests and tools).
+
+        ``renl.ADDRESS`` reaches the ack queue of ``ADDRESS``, as on AMQP.
+        """
+        if self._closed:
+            raise BusUnavailable("the in-process bus is closed")
+        if routing_key.startswith("renl."):
+            self._queues.setdefault(routing_key, _Queue(None)).items.put_nowait(body)
+            return
+        for queue in self._queues.values():
+            if queue.binding is not None and queue.binding.routing_key == routing_key:
+                queue.items.put_nowait(body)
+
+    async def send_ack(self, ack_to: str, ack: Ack) -> None:
+        if self._closed:
+            raise BusUnavailable("the in-process bus is closed")
+        self._queues.setdefault(f"renl.{ack_to}", _Queue(None)).items.put_nowait(ack.to_json())
+
+    async def consume_acks(self, ack_to: str, handler: AckHandler) -> Subscription:
+        name = f"renl.{ack_to}"
+        queue = self._queues.setdefault(name, _Queue(None))
+        return self._start_consumer(name, queue, lambda body: _deliver_ack(body, handler))
+
+    def _start_consumer(self, name: str, queue: _Queue, deliver: Callable[[bytes], Awaitable[None]]) -> Subscription:
+        async def consume() -> None:
+            while True:
+                body = await queue.items.get()
+                await deliver(body)
+
+        task = asyncio.create_task(consume(), name=f"memory-bus:{name}")
+        queue.consumers.add(task)
+        return _MemorySubscription(self, name, task)
+
+    async def _stop_consumer(self, name: str, task: asyncio.Task[None]) -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        queue = self._queues.get(name)
+        if queue is not None:
+            queue.consumers.discard(task)
+            if not queue.consumers and queue.binding is not None and not name.startswith("pool."):
+                del self._queues[name]  # a plain subscription's queue dies with it
+
+    async def _deliver(self, body: bytes, handler: NotificationHandler) -> None:
+        try:
+            notification = Notification.from_json(body)
+        except EnvelopeError as exc:
+            await reject_poison(self, body, exc)
+            return
+        try:
+            await handler(notification)
+        except Exception:
+            log.exception("subscriber failed on %s; message rejected, the publisher will resend", notification.ref)
+
+
+async def _deliver_ack(body: bytes, handler: AckHandler) -> None:
+    try:
+        ack = Ack.from_json(body)
+    except EnvelopeError as exc:
+        log.warning("dropped an invalid ack: %s", exc)
+        return
+    try:
+        await handler(ack)
+    except Exception:
+        log.exception("ack handler failed on renl_id=%s", ack.renl_id)

@@ -59,12 +59,12 @@ def _parse_piecewise(text: str, errors: list[CalendarError], whole_error: Except
     blocks = [m.group(0) for m in _BLOCK.finditer(unfolded)]
     frame = _BLOCK.sub("", unfolded)
     try:
-        (base,) = Calendar.from_ical(frame, multiple=True)[:1] or [None]
+        frames = Calendar.from_ical(frame, multiple=True)
     except _PARSE_ERRORS:
-        base = None
-    if base is None or not blocks:
+        frames = []
+    if not frames or not blocks:
         raise CalendarError(f"not valid iCalendar data: {whole_error}") from None
-    calendars: list[Component] = [base]
+    calendars: list[Component] = [frames[0]]
     head, _, tail = frame.rpartition("END:VCALENDAR")
     for block in blocks:
         try:

@@ -68,6 +68,13 @@ async def serve(settings: Settings, *, with_notifier: bool, demo: bool) -> None:
         stack.push_async_callback(asyncio.to_thread, queue.close)
         stack.push_async_callback(bus.close)
         stack.push_async_callback(dispatcher.close)
+        if demo:  # started before the notifier and closed after it, so no send is cut off
+            from common.smtp_catcher import start_catcher
+
+            catcher = await start_catcher(*DEMO_SMTP, DEMO_DIR / "mail", on_message=print_delivered)
+            stack.push_async_callback(catcher.close)
+        elif settings.bus.url.startswith("memory:") and not with_notifier:
+            log.warning("bus is memory:// without --with-notifier: nobody will receive the notifications")
         if with_notifier:
             from notifyd.service import Notifier
             from notifyd.smtp import SmtpSender
@@ -77,13 +84,6 @@ async def serve(settings: Settings, *, with_notifier: bool, demo: bool) -> None:
             stack.push_async_callback(sender.close)
             await notifier.start()
             stack.push_async_callback(notifier.stop)
-        if demo:
-            from common.smtp_catcher import start_catcher
-
-            catcher = await start_catcher(*DEMO_SMTP, DEMO_DIR / "mail", on_message=print_delivered)
-            stack.push_async_callback(catcher.close)
-        elif settings.bus.url.startswith("memory:") and not with_notifier:
-            log.warning("bus is memory:// without --with-notifier: nobody will receive the notifications")
         if settings.database.url.startswith("postgresql"):
             listener = asyncio.create_task(listen_for_enqueues(settings.database.url, dispatcher.wake))
             stack.push_async_callback(_cancel, listener)

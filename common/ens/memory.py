@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from common.ens.abc import (
     AckHandler,
@@ -47,9 +49,14 @@ class _MemorySubscription(Subscription):
 
 
 class MemoryBus(Bus):
-    def __init__(self) -> None:
+    """``prefetch`` handlers of one subscription run at once, as on AMQP."""
+
+    def __init__(self, *, prefetch: int = 64, close_timeout: float = 10.0) -> None:
         self._queues: dict[str, _Queue] = {}
         self._closed = False
+        self._prefetch = prefetch
+        self._close_timeout = close_timeout
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._closed = False
@@ -59,6 +66,13 @@ class MemoryBus(Bus):
         for name, queue in list(self._queues.items()):
             for task in list(queue.consumers):
                 await self._stop_consumer(name, task)
+        current = asyncio.current_task()
+        running = {t for t in self._handlers if t is not current}
+        if running:
+            _done, pending = await asyncio.wait(running, timeout=self._close_timeout)
+            for task in pending:
+                log.warning("handler still running after %.0fs at close; cancelling it", self._close_timeout)
+                task.cancel()
 
     async def publish(self, notification: Notification) -> None:
         if self._closed:
@@ -70,10 +84,7 @@ class MemoryBus(Bus):
 
     async def subscribe(self, subscription: str | EventReference, handler: NotificationHandler) -> Subscription:
         sub = as_subscription(subscription)
-        if sub.pool is None:
-            name = f"sub.{id(handler)}.{len(self._queues)}.{sub.queue_suffix()}"
-        else:
-            name = sub.queue_suffix()
+        name = sub.queue_suffix() if sub.pool is not None else f"sub.{uuid.uuid4().hex}.{sub.queue_suffix()}"
         queue = self._queues.setdefault(name, _Queue(sub.without_pool()))
         return self._start_consumer(name, queue, lambda body: self._deliver(body, handler))
 
@@ -101,11 +112,27 @@ class MemoryBus(Bus):
         queue = self._queues.setdefault(name, _Queue(None))
         return self._start_consumer(name, queue, lambda body: _deliver_ack(body, handler))
 
-    def _start_consumer(self, name: str, queue: _Queue, deliver: Callable[[bytes], Awaitable[None]]) -> Subscription:
+    def _start_consumer(
+        self, name: str, queue: _Queue, deliver: Callable[[bytes], Coroutine[Any, Any, None]]
+    ) -> Subscription:
+        slots = asyncio.Semaphore(self._prefetch)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self._handlers.discard(task)
+            slots.release()
+
         async def consume() -> None:
             while True:
-                body = await queue.items.get()
-                await deliver(body)
+                await slots.acquire()
+                try:
+                    body = await queue.items.get()
+                except asyncio.CancelledError:
+                    slots.release()
+                    raise
+                handler_task = asyncio.create_task(deliver(body), name=f"memory-bus-handler:{name}")
+                self._handlers.add(handler_task)
+                handler_task.add_done_callback(finished)
+                await asyncio.sleep(0)  # let the other members of a pool take their turn
 
         task = asyncio.create_task(consume(), name=f"memory-bus:{name}")
         queue.consumers.add(task)

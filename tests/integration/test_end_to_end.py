@@ -42,11 +42,11 @@ def due_in(seconds: float, uid: str = "e2e-1") -> tuple[str, datetime]:
     return event(uid, trigger + timedelta(minutes=5), display("-PT5M")), trigger
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def eventually(check: Callable[[], bool], within: float = 10.0, what: str = "condition") -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while not check():
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
+            raise AssertionError(f"{what} not reached within {within}s")
         await asyncio.sleep(0.05)
 
 
@@ -123,7 +123,8 @@ async def test_unacked_notification_is_republished_and_a_late_ack_removes_it_onc
             await eventually(lambda: len(received) >= 2, what="republication")
             first, second = received[0], received[1]
             assert first.ref == second.ref
-            assert first.renl is not None and second.renl is not None
+            assert first.renl is not None
+            assert second.renl is not None
             alarm_id = first.renl.renl_id.split(":")[0]
             assert (first.renl.renl_id, second.renl.renl_id) == (f"{alarm_id}:1", f"{alarm_id}:2")
             assert [r.state for r in await asyncio.to_thread(dispatcher.queue.list_alarms)] == ["inflight"]
@@ -149,9 +150,7 @@ def _collect(into: list[Notification]) -> Callable[[Notification], object]:
 
 
 def spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(  # noqa: ASYNC220 - started once, polled without blocking
-        [str(BIN / command)], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
-    )
+    return subprocess.Popen([str(BIN / command)], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
 async def test_standard_deployment_as_processes(clean_postgres_url: str, tmp_path: Path) -> None:
@@ -178,7 +177,7 @@ async def test_standard_deployment_as_processes(clean_postgres_url: str, tmp_pat
             assert recipients == ["bob@example.com"]
             assert message["X-Alarm-Ref"] == "enp:///ics/eventalarm?calid=bob&uid=std-1&rid=&aid=1"
             assert message["X-Alarm-Trigger"] == trigger.strftime("%Y-%m-%dT%H:%M:%SZ")
-            await eventually(lambda: not queue.list_alarms(), timeout=10, what="instance removed after its ack")
+            await eventually(lambda: not queue.list_alarms(), within=10, what="instance removed after its ack")
             assert [h["event"] for h in queue.history(1)] == ["queued", "published", "delivered"]
         finally:
             for proc in (alarmd, notifyd):

@@ -63,3 +63,11 @@ def test_bad_configuration_names_the_setting(tmp_path: Path, content: str, env: 
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings("/nonexistent/calalarm.toml", env={})
+
+
+def test_shipped_example_configurations_load() -> None:
+    examples = Path(__file__).resolve().parents[2] / "deploy" / "examples"
+    assert load_settings(examples / "calalarm.toml", env={}) == load_settings(None, env={})
+    standard = load_settings(examples / "standard.toml", env={})
+    assert standard.smtp.endpoint.tls == "starttls"
+    assert standard.bus.url.startswith("amqp://")

@@ -1,0 +1,115 @@
+"""``notifyd [--config PATH]``: the notifier as a service of its own, beside a broker.
+
+Exit status: 0 after a clean stop (SIGINT or SIGTERM), 1 when the bus cannot be
+reached, 2 for a configuration that cannot be used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+
+from common.ens import BusError, create_bus
+from common.settings import ConfigError, Settings, load_settings
+from notifyd.service import Notifier
+from notifyd.smtp import SmtpSender
+
+log = logging.getLogger("notifyd")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+EXIT_OK = 0
+EXIT_UNAVAILABLE = 1
+EXIT_CONFIG = 2
+
+MEMORY_BUS_REFUSED = (
+    "bus.url is memory://: an in-process bus lives inside one process and cannot reach a "
+    "separate alarmd. Set bus.url (or CALALARM_BUS_URL) to amqp://user:pass@host:5672/vhost, "
+    "or run `alarmd --with-notifier` to have both services in one process."
+)
+
+
+@click.command(name="notifyd")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML configuration file (default: $CALALARM_CONFIG, else the embedded defaults).",
+)
+def main(config_path: Path | None) -> None:
+    """Email the reminders of alarm notifications received from the bus."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        settings = load_settings(config_path)
+    except ConfigError as exc:
+        click.echo(f"notifyd: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    if settings.bus.url.startswith("memory:"):
+        click.echo(f"notifyd: {MEMORY_BUS_REFUSED}", err=True)
+        sys.exit(EXIT_CONFIG)
+    sys.exit(asyncio.run(serve(settings)))
+
+
+async def serve(settings: Settings) -> int:
+    """Run the notifier until SIGINT or SIGTERM; return the exit status."""
+    try:
+        bus = create_bus(settings.bus.url)
+        sender = SmtpSender(settings.smtp)
+    except (BusError, ConfigError) as exc:
+        click.echo(f"notifyd: {exc}", err=True)
+        return EXIT_CONFIG
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        try:
+            await bus.start()
+        except BusError as exc:
+            log.error("cannot reach the bus at %s: %s", redact_url(settings.bus.url), exc)
+            return EXIT_UNAVAILABLE
+        notifier = Notifier(bus, sender, settings, clock=lambda: datetime.now(UTC))
+        await notifier.start()
+        log.info(
+            "notifyd ready: bus %s, pool %r, SMTP %s, concurrency %d",
+            redact_url(settings.bus.url),
+            settings.notifyd.pool,
+            redact_url(settings.smtp.url),
+            settings.notifyd.concurrency,
+        )
+        await stop.wait()
+        log.info("stopping: finishing the notifications in hand")
+        await notifier.stop()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        await sender.close()
+        try:
+            await bus.close()
+        except BusError as exc:
+            log.warning("closing the bus: %s", exc)
+    log.info("notifyd stopped")
+    return EXIT_OK
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+if __name__ == "__main__":
+    main()

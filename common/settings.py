@@ -40,7 +40,7 @@ class BusSettings:
 class SmtpSettings:
     url: str = "smtp://127.0.0.1:8025"
     sender: str = "Calendar reminders <calalarm@localhost>"
-    timeout: float = 30.0
+    timeout: float = 20.0  # per SMTP operation; one message may take at most twice this
     username: str = ""
     password: str = ""
 
@@ -169,6 +169,12 @@ def _validate(settings: Settings) -> None:
     settings.smtp.endpoint  # noqa: B018 - parses, raising ConfigError on a bad URL
     if settings.alarmd.ack_timeout <= 0:
         raise ConfigError("alarmd.ack_timeout must be a positive number of seconds")
+    if settings.alarmd.ack_timeout <= 2 * settings.smtp.timeout:
+        raise ConfigError(
+            f"alarmd.ack_timeout ({settings.alarmd.ack_timeout:g}s) must exceed twice smtp.timeout "
+            f"({settings.smtp.timeout:g}s), the longest one reminder may take to send; otherwise slow sends "
+            "are republished while still in progress and mailed twice"
+        )
     if settings.alarmd.batch_size < 1:
         raise ConfigError("alarmd.batch_size must be at least 1")
     if settings.alarmd.safety_poll <= 0:

@@ -14,11 +14,11 @@ def test_defaults_are_the_embedded_deployment() -> None:
 
 def test_file_then_environment(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[bus]\nurl = "amqp://guest:guest@127.0.0.1/"\n[smtp]\nfrom = "a@b"\n[alarmd]\nack_timeout = 5\n')
+    path.write_text('[bus]\nurl = "amqp://guest:guest@127.0.0.1/"\n[smtp]\nfrom = "a@b"\n[alarmd]\nack_timeout = 45\n')
     s = load_settings(path, env={"CALALARM_DATABASE_URL": "postgresql://x/y", "CALALARM_ALARMD_BATCH_SIZE": "7"})
     assert s.bus.url == "amqp://guest:guest@127.0.0.1/"
     assert s.smtp.sender == "a@b"
-    assert s.alarmd.ack_timeout == 5.0
+    assert s.alarmd.ack_timeout == 45.0
     assert s.alarmd.batch_size == 7
     assert s.database.url == "postgresql://x/y"
 
@@ -49,6 +49,7 @@ def test_smtp_urls(url: str, expected: SmtpEndpoint) -> None:
         ("[bus]\nport = 1\n", {}, "unknown setting bus.port"),
         ("", {"CALALARM_ALARMD_ACK_TIMEOUT": "soon"}, "alarmd.ack_timeout must be a float"),
         ("", {"CALALARM_ALARMD_ACK_TIMEOUT": "0"}, "positive"),
+        ("", {"CALALARM_ALARMD_ACK_TIMEOUT": "30"}, "must exceed twice smtp.timeout"),
         ("", {"CALALARM_SMTP_URL": "http://x"}, "smtp.url"),
         ("", {"CALALARM_ALARMD_DEFAULT_TZ": "Mars/Olympus"}, "IANA"),
     ],

@@ -27,6 +27,7 @@ from common.smtp_catcher import CatcherPortInUse, start_catcher
 from notifyd.main import main as notifyd_main
 from notifyd.service import Notifier
 from notifyd.smtp import SendResult, SmtpSender
+from tests.payloads import sample_payload
 from tests.smtp_server import RecordingSmtpServer, recording_smtp_server
 
 NOW = datetime(2026, 11, 23, 9, 45, tzinfo=UTC)
@@ -285,20 +286,8 @@ async def test_starttls_required_never_falls_back_to_plain_text() -> None:
 
 
 def alarm_payload(**changes: Any) -> dict[str, Any]:
-    payload = AlarmPayload(
-        calid="jac",
-        uid="u1",
-        rid="",
-        aid="1",
-        component="event",
-        action="DISPLAY",
-        trigger="2026-11-23T09:45:00Z",
-        summary="Team meeting",
-        start="2026-11-23T10:00:00Z",
-        end="2026-11-23T11:00:00Z",
-        tz="Europe/Paris",
-        owner="jac@example.com",
-    ).to_dict()
+    """The sample payload as it travels: a dict, which tests may corrupt at will."""
+    payload = sample_payload(description="", location="").to_dict()
     payload.update(changes)
     return payload
 

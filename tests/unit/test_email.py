@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import parsedate_to_datetime
-from typing import Any
 
 import pytest
 
 from common.payload import AlarmPayload
 from notifyd.email import DESCRIPTION_MAX, SUBJECT_MAX, clean_header, render_reminder
+from tests.payloads import sample_payload
 
 NOW = datetime(2026, 11, 23, 9, 45, 0, tzinfo=UTC)
 REF = "enp:///ics/eventalarm?calid=jac&uid=u1&rid=&aid=1"
@@ -33,28 +32,8 @@ EXPECTED_HEADERS = {
 }
 
 
-def make_payload(**changes: Any) -> AlarmPayload:
-    base = AlarmPayload(
-        calid="jac",
-        uid="u1",
-        rid="",
-        aid="1",
-        component="event",
-        action="DISPLAY",
-        trigger="2026-11-23T09:45:00Z",
-        summary="Team meeting",
-        description="Agenda:\n1. Budget\n2. Hiring",
-        location="Room 101",
-        start="2026-11-23T10:00:00Z",
-        end="2026-11-23T11:00:00Z",
-        tz="Europe/Paris",
-        owner="jac@example.com",
-    )
-    return dataclasses.replace(base, **changes)
-
-
 def render(payload: AlarmPayload | None = None, recipients: list[str] | None = None) -> EmailMessage:
-    return render_reminder(payload or make_payload(), REF, SENDER, recipients or ["bob@example.com"], NOW)
+    return render_reminder(payload or sample_payload(), REF, SENDER, recipients or ["bob@example.com"], NOW)
 
 
 def wire(message: EmailMessage) -> tuple[bytes, EmailMessage]:
@@ -93,7 +72,7 @@ def test_message_ids_differ_between_renderings() -> None:
 
 
 def test_body_shows_the_event_in_its_time_zone() -> None:
-    body = body_of(render(make_payload(alarm_description="Bring the slides")))
+    body = body_of(render(sample_payload(alarm_description="Bring the slides")))
     assert body.startswith("Reminder: Team meeting\n")
     assert "When:  Mon 2026-11-23 11:00 – 12:00 (Europe/Paris)" in body
     assert "Where: Room 101" in body
@@ -102,12 +81,12 @@ def test_body_shows_the_event_in_its_time_zone() -> None:
 
 
 def test_event_over_midnight_shows_both_dates() -> None:
-    body = body_of(render(make_payload(start="2026-11-23T22:00:00Z", end="2026-11-24T01:00:00Z", tz="UTC")))
+    body = body_of(render(sample_payload(start="2026-11-23T22:00:00Z", end="2026-11-24T01:00:00Z", tz="UTC")))
     assert "Mon 2026-11-23 22:00 – Tue 2026-11-24 01:00 (UTC)" in body
 
 
 def test_todo_wording() -> None:
-    payload = make_payload(component="todo", summary="File taxes", start="", end="2026-11-24T17:00:00Z")
+    payload = sample_payload(component="todo", summary="File taxes", start="", end="2026-11-24T17:00:00Z")
     message = render(payload)
     assert message["Subject"] == "To-do reminder: File taxes"
     body = body_of(message)
@@ -128,40 +107,40 @@ def test_todo_wording() -> None:
     ],
 )
 def test_all_day_events_show_plain_dates(start: str, end: str, shown: str) -> None:
-    body = body_of(render(make_payload(start=start, end=end)))
+    body = body_of(render(sample_payload(start=start, end=end)))
     assert shown in body
     assert "00:00" not in body
 
 
 def test_all_day_todo_shows_plain_due_date() -> None:
-    body = body_of(render(make_payload(component="todo", start="2026-11-23", end="2026-11-25")))
+    body = body_of(render(sample_payload(component="todo", start="2026-11-23", end="2026-11-25")))
     assert "Starts: 2026-11-23" in body
     assert "Due:    2026-11-25" in body
 
 
 def test_unknown_time_zone_falls_back_to_utc() -> None:
-    body = body_of(render(make_payload(tz="Mars/Olympus_Mons")))
+    body = body_of(render(sample_payload(tz="Mars/Olympus_Mons")))
     assert "Mon 2026-11-23 10:00 – 11:00 (UTC)" in body
 
 
 def test_missing_summary_has_a_placeholder() -> None:
-    assert render(make_payload(summary=""))["Subject"] == "Reminder: (no title)"
+    assert render(sample_payload(summary=""))["Subject"] == "Reminder: (no title)"
 
 
 def test_subject_is_capped() -> None:
-    _raw, parsed = wire(render(make_payload(summary="word " * 200)))
+    _raw, parsed = wire(render(sample_payload(summary="word " * 200)))
     assert len(parsed["Subject"]) <= SUBJECT_MAX
     assert parsed["Subject"].endswith("…")
 
 
 def test_description_is_capped() -> None:
-    body = body_of(render(make_payload(description="x" * 10_000)))
+    body = body_of(render(sample_payload(description="x" * 10_000)))
     assert "x" * (DESCRIPTION_MAX - 1) + "…" in body
     assert "x" * DESCRIPTION_MAX not in body
 
 
 def test_body_drops_control_characters() -> None:
-    body = body_of(render(make_payload(description="bell\x07 and\x00 nul\r\nnext\u2028line")))
+    body = body_of(render(sample_payload(description="bell\x07 and\x00 nul\r\nnext\u2028line")))
     assert "bell and nul\nnext\nline" in body
 
 
@@ -174,9 +153,9 @@ def test_header_injection_never_adds_a_header(field: str, separator: str) -> Non
     evil = f"x@example.com{separator}Bcc: victim@example.com{separator}X-Evil: 1"
     if field == "owner":
         # notifyd mails the owner when the alarm names no recipients.
-        message = render(make_payload(owner=evil), recipients=[evil])
+        message = render(sample_payload(owner=evil), recipients=[evil])
     else:
-        message = render(make_payload(**{field: evil}))
+        message = render(sample_payload(**{field: evil}))
     raw, parsed = wire(message)
     names = header_names(raw)
     assert sorted(names) == sorted(EXPECTED_HEADERS)
@@ -193,12 +172,12 @@ def test_header_injection_never_adds_a_header(field: str, separator: str) -> Non
 
 
 def test_injection_in_summary_stays_inside_the_subject() -> None:
-    _raw, parsed = wire(render(make_payload(summary="Lunch\r\nBcc: victim@example.com")))
+    _raw, parsed = wire(render(sample_payload(summary="Lunch\r\nBcc: victim@example.com")))
     assert parsed["Subject"] == "Reminder: Lunch Bcc: victim@example.com"
 
 
 def test_injection_in_ref_and_trigger_is_neutralised() -> None:
-    message = render_reminder(make_payload(), REF + "\r\nX-Evil: 1", SENDER, ["bob@example.com"], NOW)
+    message = render_reminder(sample_payload(), REF + "\r\nX-Evil: 1", SENDER, ["bob@example.com"], NOW)
     raw, parsed = wire(message)
     assert sorted(header_names(raw)) == sorted(EXPECTED_HEADERS)
     assert parsed["X-Alarm-Ref"] == REF + " X-Evil: 1"

@@ -339,13 +339,13 @@ class AlarmQueue:
                 for r in rows
             ]
             claimed.sort(key=lambda c: c.trigger)
-            self._history_each(
+            self._history(
                 conn,
                 [c.key for c in claimed],
                 "published",
                 now,
+                attempt=[c.attempt for c in claimed],
                 detail=f"by {owner}",
-                attempts=[c.attempt for c in claimed],
             )
         return claimed
 
@@ -510,26 +510,17 @@ class AlarmQueue:
         event: str,
         now: datetime,
         *,
-        attempt: int = 0,
+        attempt: int | Sequence[int] = 0,
         detail: str = "",
     ) -> None:
-        self._history_each(conn, keys, event, now, detail=detail, attempts=[attempt] * len(keys))
-
-    def _history_each(
-        self,
-        conn: sa.Connection,
-        keys: Sequence[Sequence[Any]],
-        event: str,
-        now: datetime,
-        *,
-        detail: str,
-        attempts: Sequence[int],
-    ) -> None:
-        if keys:
-            conn.execute(
-                sa.insert(alarm_history),
-                [_history_row(k, event, now, attempt=a, detail=detail) for k, a in zip(keys, attempts, strict=True)],
-            )
+        """Record ``event`` for each instance key; ``attempt`` is one number for all or one per key."""
+        if not keys:
+            return
+        attempts = [attempt] * len(keys) if isinstance(attempt, int) else attempt
+        conn.execute(
+            sa.insert(alarm_history),
+            [_history_row(k, event, now, attempt=a, detail=detail) for k, a in zip(keys, attempts, strict=True)],
+        )
 
     def _changed(self) -> None:
         for callback in self._listeners:

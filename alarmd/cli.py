@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from alarmd.ical import CalendarError, parse_calendar
 from alarmd.queue import AlarmQueue, State, UnknownTimeZone, parse_tz
-from alarmd.triggers import plan_alarms
+from alarmd.triggers import plan_alarms, plan_queue
 from common.clock import utcnow
 from common.db import migrate
 from common.settings import ConfigError, Settings, load_settings
@@ -54,7 +54,7 @@ class Context:
                 f"database {_safe_url(url)} is at revision {current or 'none'}, not {head}: run 'alarmctl db upgrade'",
                 EXIT_DATABASE,
             )
-        return AlarmQueue.from_url(url, default_tz=settings.alarmd.default_tz)
+        return AlarmQueue.from_settings(settings)
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -139,6 +139,8 @@ def enqueue(obj: Context, files: tuple[Path, ...], calid: str, owner: str, tz: s
             for error in result.errors:
                 click.echo(f"alarmctl: {path}: {error}; that object was skipped", err=True)
                 rejected = True
+            for warning in result.warnings:
+                click.echo(f"alarmctl: {path}: warning: {warning}", err=True)
             if not as_json:
                 click.echo(
                     f"{path}: {result.objects} object(s), {result.added} alarm(s) added, "
@@ -156,29 +158,70 @@ def enqueue(obj: Context, files: tuple[Path, ...], calid: str, owner: str, tz: s
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--tz", default=None, help="Time zone for floating and all-day times (default: alarmd.default_tz).")
 @click.option("--from", "start", default=None, help="Window start, ISO 8601 (default: now).")
-@click.option("--until", "end", default=None, help="Window end, ISO 8601, exclusive (default: start + 366 days).")
+@click.option(
+    "--until",
+    "end",
+    default=None,
+    help="Window end, ISO 8601, exclusive. Without it: exactly what an enqueue at --from would queue "
+    "(a one-off object's every instance; a series up to --from + alarmd.horizon_days and each alarm's next one).",
+)
 @click.option("--calid", default="preview", show_default=True, help="Calendar id shown in the references.")
+@click.option("--owner", default="", help="Calendar owner's email (recipient of DISPLAY alarms).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_obj
 def preview(
-    obj: Context, file: Path, tz: str | None, start: str | None, end: str | None, calid: str, as_json: bool
+    obj: Context,
+    file: Path,
+    tz: str | None,
+    start: str | None,
+    end: str | None,
+    calid: str,
+    owner: str,
+    as_json: bool,
 ) -> None:
-    """Show the triggers FILE would queue in [--from, --until), without touching the database."""
+    """Show the instances FILE would queue, without touching the database."""
+    settings = obj.settings.alarmd
     window_start = _parse_when(start, utcnow().replace(microsecond=0))
-    window_end = _parse_when(end, window_start + timedelta(days=366))
+    window_end = _parse_when(end, window_start) if end else None
+    if window_end is not None and window_end <= window_start:
+        fail("--until must be later than --from", EXIT_USAGE)
     try:
-        zone = parse_tz(tz or obj.settings.alarmd.default_tz)
+        zone = parse_tz(tz or settings.default_tz)
         parsed = parse_calendar(file.read_bytes())
     except (OSError, CalendarError, UnknownTimeZone) as exc:
         fail(f"{file}: {exc}", EXIT_REJECTED)
-    rows: list[dict[str, str]] = []
-    errors = list(parsed.errors)
+    min_interval = timedelta(seconds=settings.min_interval)
+    rows: list[dict[str, Any]] = []
+    errors: list[CalendarError] = list(parsed.errors)
+    warnings: list[str] = []
     for cal_object in parsed.objects:
         try:
-            planned = plan_alarms(cal_object, calid=calid, tz=zone, window_start=window_start, window_end=window_end)
+            if window_end is None:
+                plan = plan_queue(
+                    cal_object,
+                    calid=calid,
+                    tz=zone,
+                    owner=owner,
+                    now=window_start,
+                    horizon=timedelta(days=settings.horizon_days),
+                    min_interval=min_interval,
+                )
+                planned, notes = plan.alarms, plan.warnings
+            else:
+                window = plan_alarms(
+                    cal_object,
+                    calid=calid,
+                    tz=zone,
+                    owner=owner,
+                    window_start=window_start,
+                    window_end=window_end,
+                    min_interval=min_interval,
+                )
+                planned, notes = window.alarms, window.warnings
         except CalendarError as exc:
             errors.append(exc)
             continue
+        warnings.extend(notes)
         rows.extend(
             {
                 "ref": str(p.ref),
@@ -188,16 +231,22 @@ def preview(
                 "aid": p.aid,
                 "action": p.action,
                 "trigger": p.payload.trigger,
+                "recipients": p.payload.recipients,
             }
             for p in planned
         )
-    rows.sort(key=lambda r: (r["trigger"], r["uid"], r["aid"]))
+    rows.sort(key=lambda r: (r["trigger"], r["uid"], r["rid"], r["aid"]))
+    for warning in warnings:
+        click.echo(f"alarmctl: {file}: warning: {warning}", err=True)
     for error in errors:
-        click.echo(f"alarmctl: {file}: {error}", err=True)
+        click.echo(f"alarmctl: {file}: {error}; that object would be skipped", err=True)
     if as_json:
         emit_json(rows)
     else:
-        _table(rows, ["trigger", "component", "action", "uid", "aid", "rid"])
+        _table(
+            [{**r, "recipients": ", ".join(r["recipients"])} for r in rows],
+            ["trigger", "component", "action", "uid", "rid", "aid", "recipients"],
+        )
     if errors:
         sys.exit(EXIT_REJECTED)
 

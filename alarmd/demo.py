@@ -8,7 +8,7 @@ from pathlib import Path
 from icalendar import Calendar
 
 from alarmd.ical import CalendarError, parse_calendar
-from alarmd.triggers import plan_alarms
+from alarmd.triggers import EARLIEST, LATEST, plan_alarms
 
 DEMO_CALENDAR = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "demo.ics"
 FIRST_ALARM_AFTER = (5, 10, 18)  # seconds from start-up to each object's first alarm
@@ -28,13 +28,7 @@ def schedule_demo_calendar(text: str, now: datetime) -> str:
     out.add("PRODID", "-//calalarm//demo//EN")
     out.add("VERSION", "2.0")
     for index, obj in enumerate(parsed.objects):
-        planned = plan_alarms(
-            obj,
-            calid="demo",
-            tz=UTC,
-            window_start=datetime.min.replace(tzinfo=UTC),
-            window_end=datetime.max.replace(tzinfo=UTC),
-        )
+        planned = plan_alarms(obj, calid="demo", tz=UTC, window_start=EARLIEST, window_end=LATEST).alarms
         if not planned:
             raise CalendarError("the demo calendar needs an alarm in every object", uid=obj.uid)
         offset = FIRST_ALARM_AFTER[index % len(FIRST_ALARM_AFTER)] + 30 * (index // len(FIRST_ALARM_AFTER))

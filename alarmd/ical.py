@@ -10,6 +10,13 @@ from icalendar import Calendar, Component
 
 COMPONENTS = {"VEVENT": "event", "VTODO": "todo"}
 MAX_ICS_BYTES = 10_000_000
+# Properties alarm planning reads. A broken value in one of them rejects the
+# object; a broken value anywhere else (GEO, ATTENDEE of the event, X-...) does not.
+USED_PROPERTIES = frozenset(
+    {"DTSTART", "DTEND", "DUE", "DURATION", "RRULE", "RDATE", "EXDATE", "RECURRENCE-ID", "STATUS"}
+)
+USED_ALARM_PROPERTIES = frozenset({"TRIGGER", "REPEAT", "DURATION", "ACKNOWLEDGED", "ACTION"})
+_DATE_PROPERTIES = ("DTSTART", "DTEND", "DUE", "RECURRENCE-ID", "RDATE", "EXDATE")
 
 
 class CalendarError(ValueError):
@@ -40,6 +47,47 @@ class CalendarObject:
         for comp in self.components:
             cal.add_component(comp)
         return str(cal.to_ical().decode("utf-8"))
+
+
+def check_object(obj: CalendarObject) -> None:
+    """Raise :class:`CalendarError` for what would make the object's alarms wrong.
+
+    icalendar parses leniently: a value it cannot read is kept as "broken" and
+    listed in ``component.errors``, and a TZID that is neither an IANA (or
+    Windows) zone nor defined by a VTIMEZONE silently becomes a floating time.
+    Both would move or drop reminders without a word, so both are errors here.
+    """
+    for comp in obj.components:
+        for prop, message in getattr(comp, "errors", ()):
+            if prop in USED_PROPERTIES:
+                raise CalendarError(f"cannot read the value: {message}", uid=obj.uid, prop=prop)
+        for name in _DATE_PROPERTIES:
+            _check_zone(comp, name, obj.uid)
+        for valarm in comp.subcomponents:
+            if valarm.name != "VALARM":
+                continue
+            for prop, message in getattr(valarm, "errors", ()):
+                if prop in USED_ALARM_PROPERTIES:
+                    raise CalendarError(f"cannot read the VALARM's value: {message}", uid=obj.uid, prop=prop)
+
+
+def _check_zone(comp: Component, name: str, uid: str) -> None:
+    values = comp.get(name)
+    if values is None:
+        return
+    for value in values if isinstance(values, list) else [values]:
+        tzid = value.params.get("TZID") if hasattr(value, "params") else None
+        if not tzid:
+            continue
+        dts = [value.dt] if hasattr(value, "dt") else [d.dt for d in getattr(value, "dts", [])]
+        for dt in dts:
+            moment = dt[0] if isinstance(dt, tuple) else dt  # an RDATE PERIOD is (start, end)
+            if getattr(moment, "tzinfo", "n/a") is None:
+                raise CalendarError(
+                    f"TZID {tzid!r} is neither an IANA time zone nor defined by a VTIMEZONE in the file",
+                    uid=uid,
+                    prop=name,
+                )
 
 
 @dataclass(frozen=True)

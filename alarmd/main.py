@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 
 from alarmd.demo import DEMO_CALENDAR, schedule_demo_calendar
 from alarmd.dispatcher import Dispatcher
+from alarmd.jobs import start_periodic_jobs
 from alarmd.queue import AlarmQueue
 from alarmd.wakeup import listen_for_enqueues
 from common.clock import utcnow
@@ -35,8 +37,12 @@ class StartupError(RuntimeError):
 
 
 def demo_settings(settings: Settings) -> Settings:
-    """The embedded default with a fresh demo database and the local SMTP catcher."""
+    """The embedded default with a fresh demo database and the local SMTP catcher.
+
+    The demo repeats one alarm after 5 s, so it lifts the minimum interval.
+    """
     return settings.replace(
+        alarmd=dataclasses.replace(settings.alarmd, min_interval=0.0),
         database=DatabaseSettings(url=f"sqlite:///{DEMO_DIR / 'demo.db'}"),
         bus=BusSettings(url="memory://"),
         smtp=SmtpSettings(url=f"smtp://{DEMO_SMTP[0]}:{DEMO_SMTP[1]}", sender="calalarm demo <calalarm@localhost>"),
@@ -59,7 +65,7 @@ def ensure_schema(url: str) -> None:
 
 async def serve(settings: Settings, *, with_notifier: bool, demo: bool) -> None:
     ensure_schema(settings.database.url)
-    queue = AlarmQueue.from_url(settings.database.url, default_tz=settings.alarmd.default_tz)
+    queue = AlarmQueue.from_settings(settings)
     bus = create_bus(settings.bus.url)
     await bus.start()
     dispatcher = Dispatcher(queue, bus, settings.alarmd)
@@ -87,6 +93,9 @@ async def serve(settings: Settings, *, with_notifier: bool, demo: bool) -> None:
         if settings.database.url.startswith("postgresql"):
             listener = asyncio.create_task(listen_for_enqueues(settings.database.url, dispatcher.wake))
             stack.push_async_callback(_cancel, listener)
+
+        scheduler = start_periodic_jobs(queue, settings.alarmd)
+        stack.callback(scheduler.shutdown, wait=False)
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -23,21 +23,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import sqlalchemy as sa
 
 from alarmd.ical import CalendarError, CalendarObject, parse_calendar
-from alarmd.triggers import PlannedAlarm, plan_alarms
+from alarmd.triggers import DEFAULT_MIN_INTERVAL, PlannedAlarm, plan_queue
 from common.db.engine import create_engine_from_url
 from common.db.tables import alarm_history, alarms, sources
 from common.ens.envelope import AckStatus
 from common.ens.reference import EventReference
+from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
 LIVE_STATES = ("pending", "inflight")
 NOTIFY_CHANNEL = "calalarm_queue"
-_EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
 # The columns that name an instance in history rows (alarm_id = alarms.id).
 _KEY = (alarms.c.id, alarms.c.calid, alarms.c.uid, alarms.c.rid, alarms.c.aid, alarms.c.trigger_at)
 _HISTORY_KEY = ("alarm_id", "calid", "uid", "rid", "aid", "trigger_at")
-_LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 
 
 class State(StrEnum):
@@ -135,6 +134,7 @@ class PutResult:
     kept: int = 0
     removed: int = 0
     errors: list[CalendarError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # planned, but not as written (e.g. thinned)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -143,6 +143,7 @@ class PutResult:
             "kept": self.kept,
             "removed": self.removed,
             "errors": [str(e) for e in self.errors],
+            "warnings": list(self.warnings),
         }
 
 
@@ -153,15 +154,52 @@ def parse_tz(name: str) -> ZoneInfo:
         raise UnknownTimeZone(f"time zone {name!r} is not an IANA zone name such as Europe/Berlin") from None
 
 
+DEFAULT_HORIZON = timedelta(days=7)
+
+
 class AlarmQueue:
-    def __init__(self, engine: sa.Engine, *, default_tz: str = "UTC") -> None:
+    """The alarm queue.
+
+    ``default_tz`` reads floating and all-day times when ``put`` names no zone;
+    ``horizon`` is how far ahead recurring series are materialised;
+    ``min_interval`` thins series whose alarms come closer than that.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        default_tz: str = "UTC",
+        horizon: timedelta = DEFAULT_HORIZON,
+        min_interval: timedelta = DEFAULT_MIN_INTERVAL,
+    ) -> None:
+        if horizon <= timedelta(0):
+            raise ValueError("the horizon must be positive")
         self.engine = engine
         self.default_tz = parse_tz(default_tz)
+        self.horizon = horizon
+        self.min_interval = min_interval
         self._listeners: list[Callable[[], None]] = []
 
     @classmethod
-    def from_url(cls, url: str, *, default_tz: str = "UTC") -> AlarmQueue:
-        return cls(create_engine_from_url(url), default_tz=default_tz)
+    def from_url(
+        cls,
+        url: str,
+        *,
+        default_tz: str = "UTC",
+        horizon: timedelta = DEFAULT_HORIZON,
+        min_interval: timedelta = DEFAULT_MIN_INTERVAL,
+    ) -> AlarmQueue:
+        return cls(create_engine_from_url(url), default_tz=default_tz, horizon=horizon, min_interval=min_interval)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AlarmQueue:
+        return cls.from_url(
+            settings.database.url,
+            default_tz=settings.alarmd.default_tz,
+            horizon=timedelta(days=settings.alarmd.horizon_days),
+            min_interval=timedelta(seconds=settings.alarmd.min_interval),
+        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -176,31 +214,86 @@ class AlarmQueue:
         """Store the calendar objects in ``ics`` and (re)materialise their alarms.
 
         Each object is replaced atomically: instances whose key is unchanged keep
-        their row and state, vanished ones are removed, new ones are added. Only
-        triggers at or after ``now`` are added. An object that cannot be read is
-        reported in ``errors`` and leaves its stored state untouched; a text that
-        is not iCalendar at all raises :class:`CalendarError`.
+        their row and state (an in-flight one stays in flight), vanished ones are
+        removed, new ones are added. Only triggers at or after ``now`` are added.
+        A recurring series is materialised up to ``now + horizon`` and at least
+        its next instance per alarm; :meth:`extend_horizon` moves it on. An
+        object that cannot be read is reported in ``errors`` and leaves its
+        stored state untouched; a text that is not iCalendar at all raises
+        :class:`CalendarError`.
         """
         zone = parse_tz(tz) if tz else self.default_tz
         parsed = parse_calendar(ics)
         result = PutResult(errors=list(parsed.errors))
         for obj in parsed.objects:
-            try:
-                planned = plan_alarms(
-                    obj, calid=calid, tz=zone, window_start=_EARLIEST, window_end=_LATEST, owner=owner
-                )
-            except CalendarError as exc:
-                result.errors.append(exc)
-                continue
-            with self.engine.begin() as conn:
-                added, kept, removed = self._replace_object(conn, calid, obj, planned, zone, owner, now)
-            result.objects += 1
-            result.added += added
-            result.kept += kept
-            result.removed += removed
+            self._put_object(calid, obj, zone, owner, now, result)
         if result.added:
             self._changed()
         return result
+
+    def extend_horizon(self, *, now: datetime, batch: int = 200) -> int:
+        """Materialise recurring series up to ``now + horizon``; return how many series were re-planned.
+
+        A series is re-planned when less than ``horizon - refill`` of it is
+        queued, so each one is touched about once per ``refill`` (a day by
+        default), not on every run. Run it periodically (alarmd does, with
+        APScheduler) and after a long downtime.
+        """
+        refill = min(timedelta(days=1), self.horizon / 2)
+        extended = 0
+        while True:
+            with self.engine.connect() as conn:
+                due = conn.execute(
+                    sa.select(sources.c.calid, sources.c.uid, sources.c.ics, sources.c.owner, sources.c.tz)
+                    .where(sources.c.planned_until < now + self.horizon - refill)
+                    .order_by(sources.c.planned_until)
+                    .limit(batch)
+                ).all()
+            result = PutResult()
+            for row in due:
+                objects = parse_calendar(row.ics).objects
+                if not objects:
+                    continue
+                self._put_object(row.calid, objects[0], parse_tz(row.tz), row.owner, now, result)
+            for error in result.errors:  # a stored object that no longer plans (say, a zone vanished)
+                log.warning("horizon: %s", error)
+            extended += len(due)
+            if result.added:
+                self._changed()
+            if len(due) < batch:
+                return extended
+
+    def _put_object(
+        self, calid: str, obj: CalendarObject, zone: ZoneInfo, owner: str, now: datetime, result: PutResult
+    ) -> None:
+        try:
+            with self.engine.begin() as conn:
+                live = conn.execute(
+                    sa.select(sa.func.min(alarms.c.trigger_at), sa.func.max(alarms.c.trigger_at)).where(
+                        alarms.c.calid == calid, alarms.c.uid == obj.uid, alarms.c.state.in_(LIVE_STATES)
+                    )
+                ).one()
+                plan = plan_queue(
+                    obj,
+                    calid=calid,
+                    tz=zone,
+                    owner=owner,
+                    now=now,
+                    horizon=self.horizon,
+                    min_interval=self.min_interval,
+                    first_live=_aware(live[0]),
+                    last_live=_aware(live[1]),
+                )
+                planned, planned_until, warnings = plan.alarms, plan.planned_until, plan.warnings
+                added, kept, removed = self._replace_object(conn, calid, obj, planned, planned_until, zone, owner, now)
+        except CalendarError as exc:
+            result.errors.append(exc)
+            return
+        result.objects += 1
+        result.added += added
+        result.kept += kept
+        result.removed += removed
+        result.warnings.extend(warnings)
 
     def _replace_object(
         self,
@@ -208,6 +301,7 @@ class AlarmQueue:
         calid: str,
         obj: CalendarObject,
         planned: list[PlannedAlarm],
+        planned_until: datetime | None,
         zone: tzinfo,
         owner: str,
         now: datetime,
@@ -218,6 +312,7 @@ class AlarmQueue:
             "owner": owner,
             "tz": str(getattr(zone, "key", "UTC")),
             "updated_at": now,
+            "planned_until": planned_until,
         }
         updated = conn.execute(
             sa.update(sources).where(sources.c.calid == calid, sources.c.uid == obj.uid).values(**source_values)
@@ -240,10 +335,17 @@ class AlarmQueue:
             )
         }
         wanted = {p.key: p for p in planned}
-        gone = [row for key, row in existing.items() if key not in wanted]
+        # Only live instances can vanish: failed and expired rows are records for the operator.
+        # Past a truncated plan's end nothing is known yet, so nothing there is removed either.
+        gone = [
+            row
+            for key, row in existing.items()
+            if key not in wanted
+            and row.state in LIVE_STATES
+            and (planned_until is None or row.trigger_at < planned_until)
+        ]
         new = [p for key, p in wanted.items() if key not in existing and p.trigger >= now]
         kept = [(row, wanted[key]) for key, row in existing.items() if key in wanted]
-
         if gone:
             conn.execute(sa.delete(alarms).where(alarms.c.id.in_([r.id for r in gone])))
             self._history(
@@ -421,15 +523,10 @@ class AlarmQueue:
     def next_due_at(self) -> datetime | None:
         """The earliest ``next_at`` of a live instance, or None when nothing is queued."""
         with self.engine.connect() as conn:
-            value: datetime | None = conn.execute(
+            value = conn.execute(
                 sa.select(sa.func.min(alarms.c.next_at)).where(alarms.c.state.in_(LIVE_STATES))
             ).scalar()
-        # SQLite's MIN() returns text, bypassing the column type; normalise both backends.
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value
+        return _aware(value)
 
     # ---------------------------------------------------------------- inspect
 
@@ -551,6 +648,15 @@ def _history_row(
     row = dict(zip(_HISTORY_KEY, key, strict=True))
     row.update(at=now, event=event, attempt=attempt, detail=detail[:2000])
     return row
+
+
+def _aware(value: datetime | str | None) -> datetime | None:
+    """An aggregate's date-time: SQLite's MIN()/MAX() return text, bypassing the column type."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value
 
 
 def _iso(value: datetime) -> str:

@@ -1,29 +1,63 @@
-"""iCalendar → alarm instants. Pure: no clock, no I/O; ``now``/window and zone passed in.
+"""iCalendar → alarm instants. Pure: no clock, no I/O; the window and zone are passed in.
 
 One *planned alarm* is one trigger of one VALARM of one occurrence. Its key
 (calid, uid, rid, aid, trigger) identifies it across re-enqueues.
 
-Rules (RFC 5545 §3.6.6, §3.8.6.3):
-- A relative TRIGGER is an offset from DTSTART, or with RELATED=END from the end
-  (DTEND, DTSTART + DURATION, for a VTODO its DUE).
-- An absolute TRIGGER (VALUE=DATE-TIME) is a UTC instant and fires once.
+Rules (RFC 5545 §3.6.6, §3.8.6.3; RFC 9074):
+
+- A relative TRIGGER is an offset from the occurrence's start, or with
+  RELATED=END from its end (DTEND; DTSTART + DURATION; a VTODO's DUE). Whole
+  days of the offset are nominal (wall clock), hours and less exact.
+- An absolute TRIGGER (VALUE=DATE-TIME) fires once, also in a recurring master.
 - REPEAT n with DURATION d adds n more triggers, d apart.
 - Floating times and all-day dates are read in the calendar's time zone.
+- Cancelled components, ACTION:NONE alarms and triggers acknowledged by the
+  client (RFC 9074 ACKNOWLEDGED, Thunderbird's X-MOZ-LASTACK) are skipped.
+- Snoozes fire at their snooze time: RFC 9074 snooze alarms (RELATED-TO;
+  RELTYPE=SNOOZE, an absolute trigger) are ordinary absolute alarms; a
+  Thunderbird X-MOZ-SNOOZE-TIME[-<recurrence µs>] re-fires the alarm that was
+  snoozed (the latest one triggered before the snooze time).
+- A series denser than ``min_interval`` keeps, per alarm, one instant in each
+  ``min_interval`` slot (slots aligned to the epoch, so the choice does not
+  depend on the window) and reports the rest as dropped.
+
+Why not ``icalendar.alarms``: it reads Google's DTSTAMP as an acknowledgment
+(right for a client, wrong for a server that plans ahead), knows no RFC 9074
+snooze alarms, adds durations on the wall clock only, and has no notion of
+recurrence; trigger arithmetic is small enough to own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from icalendar import Component
 
-from alarmd.ical import CalendarError, CalendarObject
+from alarmd.ical import CalendarError, CalendarObject, check_object
+from alarmd.recurrence import (
+    Occurrence,
+    add_duration,
+    is_recurring,
+    master,
+    occurrence_of,
+    occurrences,
+    search_slack,
+    shifted,
+)
 from common.ens.reference import EventReference
 from common.payload import AlarmPayload, format_utc
 
 MAX_REPEAT = 1000
+DEFAULT_MIN_INTERVAL = timedelta(minutes=5)
+# Occurrences examined for one plan. A series dense enough to exceed it within
+# the window (FREQ=SECONDLY, say) is planned only up to where it stopped, and
+# that is reported; the horizon job plans the rest later, a slice at a time.
+MAX_OCCURRENCES = 5000
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -46,6 +80,34 @@ class PlannedAlarm:
         return EventReference.alarm(self.component, self.calid, self.uid, self.rid, self.aid)
 
 
+@dataclass
+class AlarmPlan:
+    """The instants of one object in a window, and what the planner had to say about them."""
+
+    alarms: list[PlannedAlarm] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    complete_until: datetime | None = None  # every instant before this is in ``alarms``
+    recurring: bool = False
+
+
+@dataclass
+class QueuePlan:
+    """What the queue should hold for one object (see :func:`plan_queue`)."""
+
+    alarms: list[PlannedAlarm]
+    planned_until: datetime | None  # None: every instance is in ``alarms``; else the horizon reached
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class _Context:
+    obj: CalendarObject
+    calid: str
+    tz: tzinfo
+    owner: str
+    recurring: bool
+
+
 def plan_alarms(
     obj: CalendarObject,
     *,
@@ -54,117 +116,370 @@ def plan_alarms(
     window_start: datetime,
     window_end: datetime,
     owner: str = "",
-) -> list[PlannedAlarm]:
-    """Every trigger of ``obj`` in [window_start, window_end), sorted by instant."""
+    min_interval: timedelta = DEFAULT_MIN_INTERVAL,
+    max_occurrences: int = MAX_OCCURRENCES,
+) -> AlarmPlan:
+    """Every instant of ``obj`` in [window_start, window_end), sorted.
+
+    Raises :class:`CalendarError` (naming the UID and property) when the object
+    cannot be planned; nothing is planned for it then.
+    """
     if window_start.tzinfo is None or window_end.tzinfo is None:
         raise ValueError("the window must be given as aware datetimes")
-    planned: list[PlannedAlarm] = []
-    for comp in obj.components:
-        if str(comp.get("STATUS", "")).upper() == "CANCELLED":
-            continue
-        for prop in ("RRULE", "RDATE", "RECURRENCE-ID"):
-            if prop in comp:
-                raise CalendarError("recurring components are not supported yet", uid=obj.uid, prop=prop)
-        planned.extend(_component_alarms(obj, comp, calid=calid, tz=tz, owner=owner))
-    planned = [p for p in planned if window_start <= p.trigger < window_end]
-    planned.sort(key=lambda p: (p.trigger, p.aid))
-    return planned
-
-
-def _component_alarms(
-    obj: CalendarObject, comp: Component, *, calid: str, tz: tzinfo, owner: str
-) -> list[PlannedAlarm]:
-    uid = obj.uid
-    start = _instant(comp, "DTSTART", tz, uid)
-    end = _end(comp, start, tz, uid)
-    out: list[PlannedAlarm] = []
-    valarms = [c for c in comp.subcomponents if c.name == "VALARM"]
-    for index, valarm in enumerate(valarms, start=1):
-        aid = str(valarm.get("UID") or valarm.get("X-WR-ALARMUID") or index)
-        action = str(valarm.get("ACTION", "DISPLAY")).upper()
-        for trigger in _triggers(valarm, start, end, uid):
-            payload = AlarmPayload(
-                calid=calid,
-                uid=uid,
-                rid="",
-                aid=aid,
-                component=obj.component,
-                action=action,
-                trigger=format_utc(trigger),
-                summary=str(comp.get("SUMMARY", "")),
-                description=str(comp.get("DESCRIPTION", "")),
-                location=str(comp.get("LOCATION", "")),
-                start=_show(comp, "DTSTART", start),
-                end=_show(comp, "DTEND" if "DTEND" in comp else "DUE", end),
-                tz=str(getattr(tz, "key", "UTC")),
-                alarm_summary=str(valarm.get("SUMMARY", "")),
-                alarm_description=str(valarm.get("DESCRIPTION", "")),
-                owner=owner,
-                recipients=_recipients(valarm, action, owner),
+    check_object(obj)
+    ctx = _Context(obj, calid, tz, owner, is_recurring(obj))
+    plan = AlarmPlan(complete_until=window_end, recurring=ctx.recurring)
+    head = master(obj)
+    if head is not None and _cancelled(head):
+        return plan
+    before, after = _reach(obj)
+    slack = search_slack(obj)
+    # Candidates start one min_interval early so that thinning sees the whole
+    # slot the window starts in and keeps the same instant any window would.
+    lo = shifted(window_start, -min_interval)
+    hi = shifted(window_end, before + slack)
+    candidates: list[PlannedAlarm] = []
+    for count, occ in enumerate(occurrences(obj, tz, after=shifted(lo, -after)), start=1):
+        anchor = occ.start or occ.end
+        if anchor is not None and anchor > hi:
+            break
+        if ctx.recurring and count > max_occurrences:
+            cut = window_end
+            if anchor is not None:
+                cut = max(window_start, min(window_end, shifted(anchor, -before - slack)))
+            plan.complete_until = cut
+            plan.warnings.append(
+                f"UID {obj.uid}: more than {max_occurrences} occurrences fall in the window; "
+                f"planned up to {format_utc(cut)} only, the rest is planned as time goes on"
             )
-            out.append(PlannedAlarm(calid, uid, "", aid, obj.component, action, trigger, payload))
+            break
+        candidates.extend(_occurrence_alarms(ctx, occ))
+    if ctx.recurring and head is not None:
+        candidates.extend(_once_alarms(ctx, head))
+    end = plan.complete_until or window_end
+    candidates = [p for p in _unique(candidates) if lo <= p.trigger < end]
+    kept, dropped = thin(candidates, min_interval)
+    if dropped:
+        plan.warnings.append(
+            f"UID {obj.uid}: {dropped} alarm instant(s) closer than the minimum interval of "
+            f"{min_interval.total_seconds():g} s to another of the same alarm were dropped"
+        )
+    plan.alarms = sorted((p for p in kept if p.trigger >= window_start), key=lambda p: (p.trigger, p.rid, p.aid))
+    return plan
+
+
+def plan_queue(
+    obj: CalendarObject,
+    *,
+    calid: str,
+    tz: tzinfo,
+    now: datetime,
+    horizon: timedelta,
+    owner: str = "",
+    min_interval: timedelta = DEFAULT_MIN_INTERVAL,
+    first_live: datetime | None = None,
+    last_live: datetime | None = None,
+) -> QueuePlan:
+    """What the queue holds for ``obj`` at ``now``: the rule ``put`` and ``alarmctl preview`` share.
+
+    A non-recurring object: all its instances. A recurring series: its
+    instances up to ``now + horizon``, plus each alarm's next instance beyond
+    (so a yearly reminder is queued a year ahead). For a re-put, the window
+    also reaches back to the earliest live instance (``first_live``: an overdue
+    one still in the calendar is kept, one no longer in it removed) and forward
+    to the latest (``last_live``). The caller keeps only instants from ``now`` on
+    when it adds rows.
+    """
+    if not is_recurring(obj):
+        plan = plan_alarms(
+            obj,
+            calid=calid,
+            tz=tz,
+            window_start=min(now, first_live) if first_live else now,
+            window_end=LATEST,
+            owner=owner,
+            min_interval=min_interval,
+        )
+        return QueuePlan(plan.alarms, None, plan.warnings)
+    start = min(now, first_live) if first_live else now
+    end = max(now + horizon, last_live + timedelta(microseconds=1)) if last_live else now + horizon
+    plan = plan_alarms(
+        obj, calid=calid, tz=tz, window_start=start, window_end=end, owner=owner, min_interval=min_interval
+    )
+    until = plan.complete_until or end
+    following = next_alarms(obj, calid=calid, tz=tz, after=until, owner=owner)
+    if not following and until == end:
+        return QueuePlan(plan.alarms, None, plan.warnings)  # nothing left after the window: the series is complete
+    return QueuePlan(plan.alarms + following, until, plan.warnings)
+
+
+def next_alarms(
+    obj: CalendarObject,
+    *,
+    calid: str,
+    tz: tzinfo,
+    after: datetime,
+    owner: str = "",
+    max_occurrences: int = MAX_OCCURRENCES,
+) -> list[PlannedAlarm]:
+    """The first instant at or after ``after`` of each alarm (aid) of a series.
+
+    What keeps a yearly series armed when its next occurrence lies beyond the
+    planning horizon. Stops once no later occurrence can give an earlier instant.
+    """
+    check_object(obj)
+    ctx = _Context(obj, calid, tz, owner, is_recurring(obj))
+    head = master(obj)
+    if head is not None and _cancelled(head):
+        return []
+    before, reach_after = _reach(obj)
+    slack = search_slack(obj)
+    wanted = {_aid(v, i) for i, v in enumerate(_valarms(head), 1)} if head is not None else set()
+    first: dict[str, PlannedAlarm] = {}
+    for count, occ in enumerate(occurrences(obj, tz, after=shifted(after, -reach_after))):
+        anchor = occ.start or occ.end
+        if count >= max_occurrences:
+            break
+        if anchor is not None and first and wanted <= first.keys():
+            latest = max(p.trigger for p in first.values())
+            if anchor > shifted(latest, before + slack):
+                break
+        for planned in _occurrence_alarms(ctx, occ):
+            if planned.trigger >= after and (planned.aid not in first or planned.trigger < first[planned.aid].trigger):
+                first[planned.aid] = planned
+    return sorted(first.values(), key=lambda p: (p.trigger, p.aid))
+
+
+def thin(planned: Iterable[PlannedAlarm], min_interval: timedelta) -> tuple[list[PlannedAlarm], int]:
+    """Keep the earliest instant per (uid, aid) in each epoch-aligned ``min_interval`` slot."""
+    items = sorted(planned, key=lambda p: (p.trigger, p.rid, p.aid))
+    step = min_interval.total_seconds()
+    if step <= 0:
+        return items, 0
+    seen: set[tuple[str, str, int]] = set()
+    kept: list[PlannedAlarm] = []
+    for p in items:
+        slot = (p.uid, p.aid, int(p.trigger.timestamp() // step))
+        if slot not in seen:
+            seen.add(slot)
+            kept.append(p)
+    return kept, len(items) - len(kept)
+
+
+# ---------------------------------------------------------------- per occurrence
+
+
+def _occurrence_alarms(ctx: _Context, occ: Occurrence) -> list[PlannedAlarm]:
+    if occ.cancelled:
+        return []
+    comp = occ.component
+    uid = ctx.obj.uid
+    last_ack = _utc_value(comp, "X-MOZ-LASTACK", uid)
+    fired: list[tuple[datetime, str, Component]] = []  # every trigger, acknowledged or not (for snoozes)
+    out: list[PlannedAlarm] = []
+    for index, valarm in enumerate(_valarms(comp), start=1):
+        aid = _aid(valarm, index)
+        if _action(valarm) == "NONE":
+            continue
+        if _is_absolute(valarm, uid) and ctx.recurring and not occ.is_override:
+            continue  # an absolute trigger in a recurring master fires once: see _once_alarms
+        acknowledged = _latest(_utc_value(valarm, "ACKNOWLEDGED", uid), last_ack)
+        for trigger in _triggers(valarm, occ, uid):
+            fired.append((trigger, aid, valarm))
+            if acknowledged is None or trigger > acknowledged:
+                out.append(_planned(ctx, occ, valarm, aid, trigger))
+    snooze = _thunderbird_snooze(comp, occ.rid if ctx.recurring else "", uid)
+    if snooze is not None and (last_ack is None or snooze > last_ack):
+        snoozed = [f for f in fired if f[0] <= snooze]
+        if snoozed:
+            _, aid, valarm = max(snoozed, key=lambda f: f[0])
+            out.append(_planned(ctx, occ, valarm, aid, snooze))
     return out
 
 
-def _triggers(valarm: Component, start: datetime | None, end: datetime | None, uid: str) -> list[datetime]:
+def _once_alarms(ctx: _Context, head: Component) -> list[PlannedAlarm]:
+    """Absolute-trigger alarms of a recurring master: once, with rid ""."""
+    uid = ctx.obj.uid
+    if not any(_is_absolute(v, uid) for v in _valarms(head)):
+        return []
+    occ = occurrence_of(ctx.obj, head, ctx.tz, rid="", is_override=False)
+    out: list[PlannedAlarm] = []
+    for index, valarm in enumerate(_valarms(head), start=1):
+        if not _is_absolute(valarm, uid) or _action(valarm) == "NONE":
+            continue
+        acknowledged = _utc_value(valarm, "ACKNOWLEDGED", uid)
+        out.extend(
+            _planned(ctx, occ, valarm, _aid(valarm, index), t)
+            for t in _triggers(valarm, occ, uid)
+            if acknowledged is None or t > acknowledged
+        )
+    return out
+
+
+def _triggers(valarm: Component, occ: Occurrence, uid: str) -> list[datetime]:
     prop = valarm.get("TRIGGER")
     if prop is None:
         raise CalendarError("a VALARM has no TRIGGER", uid=uid, prop="TRIGGER")
     value = _decoded(valarm, "TRIGGER", uid)
     if isinstance(value, timedelta):
         related = str(prop.params.get("RELATED", "START")).upper()
-        base = end if related == "END" else start
+        base = occ.end if related == "END" else occ.start
         if base is None:
-            missing = "DTEND/DUE/DURATION" if related == "END" else "DTSTART"
+            missing = "DTEND, DUE or DURATION" if related == "END" else "DTSTART"
             raise CalendarError(f"a relative TRIGGER needs {missing}", uid=uid, prop="TRIGGER")
-        first = base + value
+        first = add_duration(base, value)
+        zone_base = base
     elif isinstance(value, datetime):
         if value.tzinfo is None:
             raise CalendarError("an absolute TRIGGER must be in UTC (end it with Z)", uid=uid, prop="TRIGGER")
-        first = value
+        first = zone_base = value.astimezone(UTC)
     else:
         raise CalendarError(f"TRIGGER {value!r} is neither a duration nor a date-time", uid=uid, prop="TRIGGER")
-    first = first.astimezone(UTC)
-    repeat = int(valarm.get("REPEAT", 0) or 0)
-    if repeat <= 0:
+    repeat = _repeat(valarm, uid)
+    if repeat == 0:
         return [first]
-    if repeat > MAX_REPEAT:
-        raise CalendarError(f"REPEAT {repeat} is over the limit of {MAX_REPEAT}", uid=uid, prop="REPEAT")
     step = _decoded(valarm, "DURATION", uid) if "DURATION" in valarm else None
     if not isinstance(step, timedelta) or step <= timedelta(0):
         raise CalendarError("REPEAT needs a positive DURATION in the same VALARM", uid=uid, prop="DURATION")
-    return [first + k * step for k in range(repeat + 1)]
+    local_first = first.astimezone(zone_base.tzinfo)
+    return [first, *(add_duration(local_first, k * step) for k in range(1, repeat + 1))]
 
 
-def _instant(comp: Component, name: str, tz: tzinfo, uid: str) -> datetime | None:
+def _planned(ctx: _Context, occ: Occurrence, valarm: Component, aid: str, trigger: datetime) -> PlannedAlarm:
+    comp = occ.component
+    action = _action(valarm)
+    payload = AlarmPayload(
+        calid=ctx.calid,
+        uid=ctx.obj.uid,
+        rid=occ.rid,
+        aid=aid,
+        component=ctx.obj.component,
+        action=action,
+        trigger=format_utc(trigger),
+        summary=str(comp.get("SUMMARY", "")),
+        description=str(comp.get("DESCRIPTION", "")),
+        location=str(comp.get("LOCATION", "")),
+        start=_show(occ.start, occ.all_day, ctx.tz),
+        end=_show(occ.end, occ.all_day, ctx.tz) if any(p in comp for p in ("DTEND", "DUE", "DURATION")) else "",
+        tz=str(getattr(ctx.tz, "key", "UTC")),
+        alarm_summary=str(valarm.get("SUMMARY", "")),
+        alarm_description=str(valarm.get("DESCRIPTION", "")),
+        owner=ctx.owner,
+        recipients=_recipients(valarm, action, ctx.owner),
+    )
+    return PlannedAlarm(ctx.calid, ctx.obj.uid, occ.rid, aid, ctx.obj.component, action, trigger, payload)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _reach(obj: CalendarObject) -> tuple[timedelta, timedelta]:
+    """How far before and after its occurrence's start a relative trigger can fall."""
+    before = after = timedelta(0)
+    for comp in obj.components:
+        length = _length(comp, obj.uid)
+        for valarm in _valarms(comp):
+            value = _decoded(valarm, "TRIGGER", obj.uid) if "TRIGGER" in valarm else None
+            if not isinstance(value, timedelta):
+                continue
+            related_end = str(valarm["TRIGGER"].params.get("RELATED", "START")).upper() == "END"
+            offset = value + (length if related_end else timedelta(0))
+            step = valarm.decoded("DURATION") if "DURATION" in valarm else timedelta(0)
+            span = _repeat(valarm, obj.uid) * step if isinstance(step, timedelta) else timedelta(0)
+            before = max(before, -offset)
+            after = max(after, offset + span)
+    return before, after
+
+
+def _length(comp: Component, uid: str) -> timedelta:
+    try:
+        if "DURATION" in comp:
+            value = comp.decoded("DURATION")
+            return value if isinstance(value, timedelta) else timedelta(0)
+        if "DTSTART" in comp:
+            start = comp.decoded("DTSTART")
+            for name in ("DTEND", "DUE"):
+                if name in comp:
+                    end = comp.decoded(name)
+                    if type(end) is type(start):
+                        length: timedelta = end - start if not isinstance(start, datetime) else _diff(start, end)
+                        return max(length, timedelta(0))
+            return timedelta(days=1) if not isinstance(start, datetime) else timedelta(0)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CalendarError(f"cannot read the start or end: {exc}", uid=uid, prop="DTSTART") from None
+    return timedelta(0)
+
+
+def _diff(start: datetime, end: datetime) -> timedelta:
+    if (start.tzinfo is None) != (end.tzinfo is None):
+        return timedelta(days=1)  # a mix of floating and zoned values: bound it generously
+    return end - start
+
+
+def _unique(planned: Iterable[PlannedAlarm]) -> list[PlannedAlarm]:
+    return list({p.key: p for p in planned}.values())
+
+
+def _valarms(comp: Component | None) -> list[Component]:
+    return [] if comp is None else [c for c in comp.subcomponents if c.name == "VALARM"]
+
+
+def _aid(valarm: Component, index: int) -> str:
+    return str(valarm.get("UID") or valarm.get("X-WR-ALARMUID") or index)
+
+
+def _action(valarm: Component) -> str:
+    return str(valarm.get("ACTION", "DISPLAY")).upper()
+
+
+def _cancelled(comp: Component) -> bool:
+    return str(comp.get("STATUS", "")).upper() == "CANCELLED"
+
+
+def _is_absolute(valarm: Component, uid: str) -> bool:
+    return "TRIGGER" in valarm and isinstance(_decoded(valarm, "TRIGGER", uid), datetime)
+
+
+def _repeat(valarm: Component, uid: str) -> int:
+    try:
+        repeat = int(valarm.get("REPEAT", 0) or 0)
+    except (TypeError, ValueError):
+        raise CalendarError("REPEAT must be a whole number", uid=uid, prop="REPEAT") from None
+    if repeat > MAX_REPEAT:
+        raise CalendarError(f"REPEAT {repeat} is over the limit of {MAX_REPEAT}", uid=uid, prop="REPEAT")
+    return max(repeat, 0)
+
+
+def _thunderbird_snooze(comp: Component, rid: str, uid: str) -> datetime | None:
+    """Thunderbird's snooze time for this occurrence (``X-MOZ-SNOOZE-TIME-<µs of rid>`` when recurring)."""
+    if not rid:
+        return _utc_value(comp, "X-MOZ-SNOOZE-TIME", uid)
+    if len(rid) != 16:  # an all-day rid: Thunderbird's per-occurrence key is not defined for it here
+        return None
+    moment = datetime.strptime(rid, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return _utc_value(comp, f"X-MOZ-SNOOZE-TIME-{int(moment.timestamp()) * 1_000_000}", uid)
+
+
+def _utc_value(comp: Component, name: str, uid: str) -> datetime | None:
+    """A UTC date-time property such as ACKNOWLEDGED (X- properties arrive as text)."""
     if name not in comp:
         return None
-    return to_instant(_decoded(comp, name, uid), tz)
+    raw = comp[name]
+    value: Any = raw.dt if hasattr(raw, "dt") else str(raw)
+    if isinstance(value, str):
+        try:
+            value = datetime.strptime(value.strip(), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            raise CalendarError(
+                f"{value!r} is not a UTC date-time such as 20261123T090000Z", uid=uid, prop=name
+            ) from None
+    if not isinstance(value, datetime):
+        raise CalendarError(f"{value!r} is not a date-time", uid=uid, prop=name)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _end(comp: Component, start: datetime | None, tz: tzinfo, uid: str) -> datetime | None:
-    for name in ("DTEND", "DUE"):
-        if name in comp:
-            return _instant(comp, name, tz, uid)
-    if "DURATION" in comp and start is not None:
-        duration = _decoded(comp, "DURATION", uid)
-        if not isinstance(duration, timedelta):
-            raise CalendarError("DURATION is not a duration", uid=uid, prop="DURATION")
-        return start + duration
-    if start is not None and comp.name == "VEVENT":
-        value = _decoded(comp, "DTSTART", uid)
-        # RFC 5545: an all-day event without DTEND lasts one day; a timed one ends when it starts.
-        return start + timedelta(days=1) if not isinstance(value, datetime) else start
-    return None
-
-
-def to_instant(value: Any, tz: tzinfo) -> datetime:
-    """A DATE or DATE-TIME value as an aware instant; floating and dates read in ``tz``."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo is not None else value.replace(tzinfo=tz)
-    if isinstance(value, date):
-        return datetime.combine(value, time(0), tzinfo=tz)
-    raise TypeError(f"{value!r} is not a date or date-time")
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return max(a, b) if a is not None and b is not None else a or b
 
 
 def _decoded(comp: Component, name: str, uid: str) -> Any:
@@ -177,19 +492,11 @@ def _decoded(comp: Component, name: str, uid: str) -> Any:
     return value
 
 
-def _show(comp: Component, name: str, instant: datetime | None) -> str:
+def _show(instant: datetime | None, all_day: bool, tz: tzinfo) -> str:
     """How start/end travel in the payload: a date for all-day values, else UTC ISO; "" when absent."""
     if instant is None:
         return ""
-    if name in comp:
-        raw = comp.decoded(name)
-    elif "DURATION" in comp:  # an end computed from DTSTART + DURATION
-        raw = comp.decoded("DTSTART") + comp.decoded("DURATION")
-    else:
-        return ""
-    if isinstance(raw, date) and not isinstance(raw, datetime):
-        return raw.isoformat()
-    return format_utc(instant)
+    return instant.astimezone(tz).date().isoformat() if all_day else format_utc(instant)
 
 
 def _recipients(valarm: Component, action: str, owner: str) -> list[str]:
@@ -204,3 +511,6 @@ def _recipients(valarm: Component, action: str, owner: str) -> list[str]:
         if address.lower().startswith("mailto:"):
             out.append(address[7:])
     return out or ([owner] if owner else [])
+
+
+__all__ = ["AlarmPlan", "PlannedAlarm", "next_alarms", "plan_alarms", "thin"]

@@ -82,6 +82,9 @@ class AlarmdSettings:
     safety_poll: float = 30.0  # longest sleep, a backstop for wake-ups that were missed
     ack_to: str = "alarmd"  # the RENL address (queue) acks are sent to
     default_tz: str = "UTC"  # time zone for floating and all-day times when the enqueuer names none
+    horizon_days: float = 7.0  # recurring series are materialised this far ahead (and at least the next instance)
+    extend_every: float = 3600.0  # seconds between runs of the job that moves the horizon forward
+    min_interval: float = 300.0  # seconds; denser alarms of one series are thinned to one per slot and reported
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,17 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("alarmd.batch_size must be at least 1")
     if settings.alarmd.safety_poll <= 0:
         raise ConfigError("alarmd.safety_poll must be a positive number of seconds")
+    if settings.alarmd.horizon_days <= 0:
+        raise ConfigError("alarmd.horizon_days must be a positive number of days (default 7)")
+    if settings.alarmd.extend_every <= 0:
+        raise ConfigError("alarmd.extend_every must be a positive number of seconds (default 3600)")
+    if settings.alarmd.extend_every >= settings.alarmd.horizon_days * 86400 / 2:
+        raise ConfigError(
+            "alarmd.extend_every must be well under the horizon (less than half of alarmd.horizon_days), "
+            "or series run out of queued instances between two runs"
+        )
+    if settings.alarmd.min_interval < 0:
+        raise ConfigError("alarmd.min_interval must be 0 (no limit) or a positive number of seconds")
     if settings.notifyd.concurrency < 1:
         raise ConfigError("notifyd.concurrency must be at least 1")
     try:

@@ -1,7 +1,8 @@
 """The schema. Only ``alarmd.queue.AlarmQueue`` reads and writes these tables.
 
 - ``sources``: calendar objects as enqueued (calid, uid, iCalendar text), from
-  which instances are materialised.
+  which instances are materialised. ``planned_until`` is set for recurring
+  series: instances before it are in ``alarms``; the horizon job moves it on.
 - ``alarms``: one row per alarm instance still to deliver (pending, inflight) or
   kept for an operator (failed, expired). ``next_at`` alone decides when a row
   is due: first publish, republish after a missing ack, and backoff.
@@ -37,8 +38,10 @@ sources = sa.Table(
     sa.Column("tz", sa.String(64), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("planned_until", UTCDateTime, nullable=True),  # NULL: every instance is materialised
     sa.UniqueConstraint("calid", "uid"),
 )
+sa.Index("ix_sources_planned_until", sources.c.planned_until)
 
 alarms = sa.Table(
     "alarms",

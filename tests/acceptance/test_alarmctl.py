@@ -102,6 +102,7 @@ def test_preview_json_schema(env: dict[str, str], tmp_path: Path) -> None:
             "aid": "1",
             "action": "DISPLAY",
             "trigger": "2026-11-24T15:00:00Z",
+            "recipients": [],
         }
     ]
     outside = alarmctl("preview", str(ics), "--from", "2027-01-01T00:00:00Z", "--json", env=env)

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import sqlalchemy as sa
 
 from alarmd.ical import CalendarError, CalendarObject, parse_calendar
-from alarmd.triggers import DEFAULT_MIN_INTERVAL, PlannedAlarm, plan_queue
+from alarmd.triggers import DEFAULT_MIN_INTERVAL, PlannedAlarm, QueuePlan, plan_queue
 from common.db.engine import create_engine_from_url
 from common.db.tables import alarm_history, alarms, sources
 from common.ens.envelope import AckStatus
@@ -284,8 +284,7 @@ class AlarmQueue:
                     first_live=_aware(live[0]),
                     last_live=_aware(live[1]),
                 )
-                planned, planned_until, warnings = plan.alarms, plan.planned_until, plan.warnings
-                added, kept, removed = self._replace_object(conn, calid, obj, planned, planned_until, zone, owner, now)
+                added, kept, removed = self._replace_object(conn, calid, obj, plan, zone, owner, now)
         except CalendarError as exc:
             result.errors.append(exc)
             return
@@ -293,15 +292,14 @@ class AlarmQueue:
         result.added += added
         result.kept += kept
         result.removed += removed
-        result.warnings.extend(warnings)
+        result.warnings.extend(plan.warnings)
 
     def _replace_object(
         self,
         conn: sa.Connection,
         calid: str,
         obj: CalendarObject,
-        planned: list[PlannedAlarm],
-        planned_until: datetime | None,
+        plan: QueuePlan,
         zone: tzinfo,
         owner: str,
         now: datetime,
@@ -312,7 +310,7 @@ class AlarmQueue:
             "owner": owner,
             "tz": str(getattr(zone, "key", "UTC")),
             "updated_at": now,
-            "planned_until": planned_until,
+            "planned_until": plan.planned_until,
         }
         updated = conn.execute(
             sa.update(sources).where(sources.c.calid == calid, sources.c.uid == obj.uid).values(**source_values)
@@ -334,7 +332,7 @@ class AlarmQueue:
                 ).where(alarms.c.calid == calid, alarms.c.uid == obj.uid)
             )
         }
-        wanted = {p.key: p for p in planned}
+        wanted = {p.key: p for p in plan.alarms}
         # Only live instances can vanish: failed and expired rows are records for the operator.
         # Past a truncated plan's end nothing is known yet, so nothing there is removed either.
         gone = [
@@ -342,7 +340,7 @@ class AlarmQueue:
             for key, row in existing.items()
             if key not in wanted
             and row.state in LIVE_STATES
-            and (planned_until is None or row.trigger_at < planned_until)
+            and (plan.covered_until is None or row.trigger_at < plan.covered_until)
         ]
         new = [p for key, p in wanted.items() if key not in existing and p.trigger >= now]
         kept = [(row, wanted[key]) for key, row in existing.items() if key in wanted]
@@ -355,12 +353,12 @@ class AlarmQueue:
                 now,
                 detail="no longer in the calendar object",
             )
-        for row, plan in kept:
+        for row, planned in kept:
             if row.state == State.PENDING:
                 conn.execute(
                     sa.update(alarms)
                     .where(alarms.c.id == row.id)
-                    .values(payload=plan.payload.to_dict(), action=plan.action, updated_at=now)
+                    .values(payload=planned.payload.to_dict(), action=planned.action, updated_at=now)
                 )
         if new:
             inserted = (

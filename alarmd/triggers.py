@@ -95,7 +95,8 @@ class QueuePlan:
     """What the queue should hold for one object (see :func:`plan_queue`)."""
 
     alarms: list[PlannedAlarm]
-    planned_until: datetime | None  # None: every instance is in ``alarms``; else the horizon reached
+    planned_until: datetime | None  # the horizon reached; None: the object has no instance after ``alarms``
+    covered_until: datetime | None  # every instance before this is in ``alarms`` (None: every instance)
     warnings: list[str]
 
 
@@ -200,17 +201,20 @@ def plan_queue(
             owner=owner,
             min_interval=min_interval,
         )
-        return QueuePlan(plan.alarms, None, plan.warnings)
+        return QueuePlan(plan.alarms, None, None, plan.warnings)
+    horizon_end = now + horizon
     start = min(now, first_live) if first_live else now
-    end = max(now + horizon, last_live + timedelta(microseconds=1)) if last_live else now + horizon
+    end = max(horizon_end, last_live + timedelta(microseconds=1)) if last_live else horizon_end
     plan = plan_alarms(
         obj, calid=calid, tz=tz, window_start=start, window_end=end, owner=owner, min_interval=min_interval
     )
-    until = plan.complete_until or end
-    following = next_alarms(obj, calid=calid, tz=tz, after=until, owner=owner)
-    if not following and until == end:
-        return QueuePlan(plan.alarms, None, plan.warnings)  # nothing left after the window: the series is complete
-    return QueuePlan(plan.alarms + following, until, plan.warnings)
+    covered = plan.complete_until or end
+    reached = min(covered, horizon_end)
+    following = next_alarms(obj, calid=calid, tz=tz, after=reached, owner=owner)
+    if not following and covered == end:
+        return QueuePlan(plan.alarms, None, None, plan.warnings)  # nothing after the window: the series is complete
+    beyond = [p for p in following if p.trigger >= covered]  # the others are planned already (or thinned out)
+    return QueuePlan(plan.alarms + beyond, reached, covered, plan.warnings)
 
 
 def next_alarms(

@@ -17,6 +17,9 @@ USED_PROPERTIES = frozenset(
 )
 USED_ALARM_PROPERTIES = frozenset({"TRIGGER", "REPEAT", "DURATION", "ACKNOWLEDGED", "ACTION"})
 _DATE_PROPERTIES = ("DTSTART", "DTEND", "DUE", "RECURRENCE-ID", "RDATE", "EXDATE")
+# RFC 5545 allows these at most once per component.
+_SINGLE = ("DTSTART", "DTEND", "DUE", "DURATION", "RECURRENCE-ID", "STATUS")
+_SINGLE_IN_ALARM = ("TRIGGER", "REPEAT", "DURATION", "ACTION", "ACKNOWLEDGED")
 
 
 class CalendarError(ValueError):
@@ -58,6 +61,7 @@ def check_object(obj: CalendarObject) -> None:
     Both would move or drop reminders without a word, so both are errors here.
     """
     for comp in obj.components:
+        _check_single(comp, _SINGLE, obj.uid)
         for prop, message in getattr(comp, "errors", ()):
             if prop in USED_PROPERTIES:
                 raise CalendarError(f"cannot read the value: {message}", uid=obj.uid, prop=prop)
@@ -66,9 +70,17 @@ def check_object(obj: CalendarObject) -> None:
         for valarm in comp.subcomponents:
             if valarm.name != "VALARM":
                 continue
+            _check_single(valarm, _SINGLE_IN_ALARM, obj.uid)
             for prop, message in getattr(valarm, "errors", ()):
                 if prop in USED_ALARM_PROPERTIES:
                     raise CalendarError(f"cannot read the VALARM's value: {message}", uid=obj.uid, prop=prop)
+
+
+def _check_single(comp: Component, names: tuple[str, ...], uid: str) -> None:
+    for name in names:
+        if isinstance(comp.get(name), list):
+            where = "a VALARM" if comp.name == "VALARM" else f"the {comp.name}"
+            raise CalendarError(f"appears more than once in {where}", uid=uid, prop=name)
 
 
 def _check_zone(comp: Component, name: str, uid: str) -> None:

@@ -98,9 +98,9 @@ def occurrences(obj: CalendarObject, tz: tzinfo, *, after: datetime) -> Iterator
     name = "VEVENT" if obj.component == "event" else "VTODO"
     try:
         query = recurring_ical_events.of(calendar, components=[name])
-        overrides = {_rid_of(c, "RECURRENCE-ID", tz) for c in obj.components if "RECURRENCE-ID" in c}
+        overrides = {rid_of(c, "RECURRENCE-ID", tz) for c in obj.components if "RECURRENCE-ID" in c}
         for comp in query.after(shifted(after, -search_slack(obj))):
-            rid = _rid_of(comp, "RECURRENCE-ID", tz) if "RECURRENCE-ID" in comp else _rid_of(comp, "DTSTART", tz)
+            rid = rid_of(comp, "RECURRENCE-ID", tz) if "RECURRENCE-ID" in comp else rid_of(comp, "DTSTART", tz)
             yield occurrence_of(obj, comp, tz, rid=rid, is_override=rid in overrides)
     except CalendarError:
         raise
@@ -108,7 +108,8 @@ def occurrences(obj: CalendarObject, tz: tzinfo, *, after: datetime) -> Iterator
         raise CalendarError(f"the recurrence rule cannot be read: {exc}", uid=obj.uid, prop="RRULE") from None
     except PeriodEndBeforeStart as exc:
         raise CalendarError(f"ends before it starts: {exc}", uid=obj.uid, prop="DTEND") from None
-    except (ExpansionInvalid, IcalendarInvalid, ValueError, KeyError, TypeError, OverflowError) as exc:
+    except (ExpansionInvalid, IcalendarInvalid, ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+        # The library's own checks are not exhaustive: odd input can fail deep inside it.
         raise CalendarError(f"the recurrence cannot be expanded: {exc}", uid=obj.uid, prop="RRULE") from None
 
 
@@ -218,7 +219,7 @@ def add_duration(base: datetime, duration: timedelta) -> datetime:
     return wall.astimezone(UTC) + sign * exact
 
 
-def _rid_of(comp: Component, name: str, tz: tzinfo) -> str:
+def rid_of(comp: Component, name: str, tz: tzinfo) -> str:
     value = comp.decoded(name)
     if isinstance(value, datetime):
         return to_local(value, tz).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -44,6 +44,7 @@ from alarmd.recurrence import (
     master,
     occurrence_of,
     occurrences,
+    rid_of,
     search_slack,
     shifted,
 )
@@ -56,6 +57,9 @@ DEFAULT_MIN_INTERVAL = timedelta(minutes=5)
 # the window (FREQ=SECONDLY, say) is planned only up to where it stopped, and
 # that is reported; the horizon job plans the rest later, a slice at a time.
 MAX_OCCURRENCES = 5000
+# How far next_alarms looks for a series' next instance (leap-day birthdays recur every 4 years).
+NEXT_SEARCH_LIMIT = timedelta(days=366 * 10)
+MAX_NEXT_OCCURRENCES = 1000
 EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
 LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 
@@ -224,7 +228,7 @@ def next_alarms(
     tz: tzinfo,
     after: datetime,
     owner: str = "",
-    max_occurrences: int = MAX_OCCURRENCES,
+    max_occurrences: int = MAX_NEXT_OCCURRENCES,
 ) -> list[PlannedAlarm]:
     """The first instant at or after ``after`` of each alarm (aid) of a series.
 
@@ -238,20 +242,37 @@ def next_alarms(
         return []
     before, reach_after = _reach(obj)
     slack = search_slack(obj)
-    wanted = {_aid(v, i) for i, v in enumerate(_valarms(head), 1)} if head is not None else set()
+    # The alarms that recur with the series (absolute and ACTION:NONE ones never do).
+    wanted = {
+        _aid(v, i)
+        for i, v in enumerate(_valarms(head), 1)
+        if head is not None and not _is_absolute(v, obj.uid) and _action(v) != "NONE"
+    }
     first: dict[str, PlannedAlarm] = {}
+    if not wanted:  # only overrides have alarms: they are finite, read them directly
+        for comp in obj.components:
+            if "RECURRENCE-ID" in comp:
+                occ = occurrence_of(obj, comp, tz, rid=rid_of(comp, "RECURRENCE-ID", tz), is_override=True)
+                _keep_first(first, _occurrence_alarms(ctx, occ), after)
+        return sorted(first.values(), key=lambda p: (p.trigger, p.aid))
+    give_up = shifted(after, NEXT_SEARCH_LIMIT)
     for count, occ in enumerate(occurrences(obj, tz, after=shifted(after, -reach_after))):
         anchor = occ.start or occ.end
-        if count >= max_occurrences:
+        if count >= max_occurrences or (anchor is not None and anchor > give_up):
             break
-        if anchor is not None and first and wanted <= first.keys():
+        if anchor is not None and wanted <= first.keys():
             latest = max(p.trigger for p in first.values())
             if anchor > shifted(latest, before + slack):
                 break
-        for planned in _occurrence_alarms(ctx, occ):
-            if planned.trigger >= after and (planned.aid not in first or planned.trigger < first[planned.aid].trigger):
-                first[planned.aid] = planned
+        _keep_first(first, _occurrence_alarms(ctx, occ), after)
     return sorted(first.values(), key=lambda p: (p.trigger, p.aid))
+
+
+def _keep_first(first: dict[str, PlannedAlarm], planned: Iterable[PlannedAlarm], after: datetime) -> None:
+    """Record each alarm's earliest instant at or after ``after`` in ``first``."""
+    for p in planned:
+        if p.trigger >= after and (p.aid not in first or p.trigger < first[p.aid].trigger):
+            first[p.aid] = p
 
 
 def thin(planned: Iterable[PlannedAlarm], min_interval: timedelta) -> tuple[list[PlannedAlarm], int]:

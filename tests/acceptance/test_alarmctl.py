@@ -114,3 +114,53 @@ def test_bad_configuration_exits_2(env: dict[str, str]) -> None:
     result = alarmctl("stats", env=env)
     assert result.returncode == 2
     assert "smtp.url" in result.stderr
+
+
+SERIES = (
+    "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:t\r\n"
+    "BEGIN:VEVENT\r\nUID:standup\r\nDTSTART;TZID=Europe/Berlin:20261102T090000\r\nDURATION:PT15M\r\n"
+    "RRULE:FREQ=WEEKLY;BYDAY=MO\r\nBEGIN:VALARM\r\nACTION:DISPLAY\r\nTRIGGER:-PT10M\r\nEND:VALARM\r\nEND:VEVENT\r\n"
+    "BEGIN:VEVENT\r\nUID:broken\r\nDTSTART:20261102T090000Z\r\nRRULE:FREQ=SOMETIMES\r\n"
+    "BEGIN:VALARM\r\nACTION:DISPLAY\r\nTRIGGER:-PT10M\r\nEND:VALARM\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+)
+
+
+def test_preview_of_a_series_shows_what_would_be_queued_or_the_window(env: dict[str, str], tmp_path: Path) -> None:
+    ics = tmp_path / "series.ics"
+    ics.write_text(SERIES)
+    # Mondays 09:00 Berlin (08:00Z in winter), alarm 10 minutes before.
+    queued = alarmctl("preview", str(ics), "--from", "2026-11-23T12:00:00Z", "--json", env=env)
+    assert queued.returncode == 1  # the broken object is reported...
+    assert "UID broken, property RRULE" in queued.stderr
+    # ...and the series shows its horizon (7 days: Nov 30) plus its next instance (Dec 7).
+    assert [(r["rid"], r["trigger"]) for r in json.loads(queued.stdout)] == [
+        ("20261130T080000Z", "2026-11-30T07:50:00Z"),
+        ("20261207T080000Z", "2026-12-07T07:50:00Z"),
+    ]
+    window = alarmctl("preview", str(ics), "--from", "2026-11-23T12:00:00Z", "--until", "2026-12-31T00:00:00Z", env=env)
+    assert [line.split()[0] for line in window.stdout.splitlines()[1:]] == [
+        "2026-11-30T07:50:00Z",
+        "2026-12-07T07:50:00Z",
+        "2026-12-14T07:50:00Z",
+        "2026-12-21T07:50:00Z",
+        "2026-12-28T07:50:00Z",
+    ]
+    backwards = alarmctl(
+        "preview", str(ics), "--from", "2026-12-01T00:00:00Z", "--until", "2026-11-01T00:00:00Z", env=env
+    )
+    assert backwards.returncode == 2
+
+
+def test_enqueue_reports_the_bad_object_and_queues_the_rest(env: dict[str, str], tmp_path: Path) -> None:
+    assert alarmctl("db", "upgrade", env=env).returncode == 0
+    ics = tmp_path / "series.ics"
+    ics.write_text(SERIES)
+    result = alarmctl("enqueue", str(ics), "--calid", "jac", "--json", env=env)
+    assert result.returncode == 1
+    assert "UID broken, property RRULE" in result.stderr
+    (report,) = json.loads(result.stdout)
+    assert report["objects"] == 1
+    assert report["added"] >= 2  # the horizon and the next Monday at least
+    listed = json.loads(alarmctl("list", "--uid", "standup", "--json", env=env).stdout)
+    assert {r["uid"] for r in listed} == {"standup"}
+    assert all(r["rid"].endswith("T080000Z") for r in listed)

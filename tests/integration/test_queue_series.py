@@ -139,3 +139,28 @@ def test_a_bad_series_in_a_batch_leaves_nothing_half_written(queue: AlarmQueue) 
     assert len(triggers(queue, "good")) == 8
     # The bad edit is refused as a whole: the series keeps what it had.
     assert {r.id for r in queue.list_alarms(uid="bad")} == ids_before
+
+
+async def test_alarmd_periodic_job_extends_the_horizon_at_start_and_on_schedule(sqlite_url: str) -> None:
+    import asyncio
+
+    from alarmd.jobs import extend_horizon, start_periodic_jobs
+    from common.settings import AlarmdSettings
+
+    queue = AlarmQueue.from_url(sqlite_url)
+    queue.put("jac", series(), now=NOW)
+    later = NOW + timedelta(days=3)
+    assert await extend_horizon(queue, clock=lambda: later) == 1
+    assert triggers(queue)[-1] == "12-04T07:45"
+    # The scheduler runs the job once at start-up (catching up after downtime), then every extend_every.
+    even_later = NOW + timedelta(days=6)
+    scheduler = start_periodic_jobs(queue, AlarmdSettings(extend_every=0.2), clock=lambda: even_later)
+    try:
+        for _ in range(100):
+            if triggers(queue)[-1] == "12-07T07:45":
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        scheduler.shutdown(wait=False)
+        queue.close()
+    assert triggers(queue)[-1] == "12-07T07:45"

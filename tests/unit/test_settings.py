@@ -52,6 +52,10 @@ def test_smtp_urls(url: str, expected: SmtpEndpoint) -> None:
         ("", {"CALALARM_ALARMD_ACK_TIMEOUT": "30"}, "must exceed twice smtp.timeout"),
         ("", {"CALALARM_SMTP_URL": "http://x"}, "smtp.url"),
         ("", {"CALALARM_ALARMD_DEFAULT_TZ": "Mars/Olympus"}, "IANA"),
+        ("", {"CALALARM_ALARMD_HORIZON_DAYS": "0"}, "alarmd.horizon_days must be a positive"),
+        ("", {"CALALARM_ALARMD_EXTEND_EVERY": "-1"}, "alarmd.extend_every must be a positive"),
+        ("", {"CALALARM_ALARMD_HORIZON_DAYS": "1", "CALALARM_ALARMD_EXTEND_EVERY": "86400"}, "well under the horizon"),
+        ("", {"CALALARM_ALARMD_MIN_INTERVAL": "-5"}, "alarmd.min_interval must be 0"),
     ],
 )
 def test_bad_configuration_names_the_setting(tmp_path: Path, content: str, env: dict[str, str], message: str) -> None:

@@ -132,11 +132,27 @@ def _parse_piecewise(text: str, errors: list[CalendarError], whole_error: Except
         except _PARSE_ERRORS as exc:
             match = _UID_LINE.search(block)
             uid = match.group(1).strip() if match else ""
-            errors.append(CalendarError(f"cannot be read: {exc}", uid=uid))
+            prop = _culprit(head, block, f"END:VCALENDAR{tail}")
+            errors.append(CalendarError(f"cannot be read: {exc}", uid=uid, prop=prop))
     # the frame's own VTIMEZONEs are in base; drop the copies parsed with each block
     for cal in calendars[1:]:
         cal.subcomponents[:] = [c for c in cal.subcomponents if c.name != "VTIMEZONE"]
     return calendars
+
+
+def _culprit(head: str, block: str, tail: str) -> str:
+    """The property whose line makes ``block`` unreadable: the first one without which it parses."""
+    lines = block.splitlines(keepends=True)
+    for index, line in enumerate(lines[:200]):
+        name = re.split(r"[;:]", line, maxsplit=1)[0].strip().upper()
+        if name in {"BEGIN", "END", "UID", ""}:
+            continue
+        try:
+            Calendar.from_ical(head + "".join(lines[:index] + lines[index + 1 :]) + tail)
+        except _PARSE_ERRORS:
+            continue
+        return name
+    return ""
 
 
 def parse_calendar(text: str | bytes) -> ParsedFile:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from icalendar import Calendar, Component
 
@@ -50,6 +51,19 @@ class CalendarObject:
         for comp in self.components:
             cal.add_component(comp)
         return str(cal.to_ical().decode("utf-8"))
+
+
+def decoded_value(comp: Component, name: str, uid: str) -> Any:
+    """A property's decoded value (None when absent); a value that cannot be read is a CalendarError."""
+    if name not in comp:
+        return None
+    try:
+        value = comp.decoded(name)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CalendarError(f"cannot read the value: {exc}", uid=uid, prop=name) from None
+    if isinstance(value, list | tuple):
+        raise CalendarError("appears more than once", uid=uid, prop=name)
+    return value
 
 
 def check_object(obj: CalendarObject) -> None:

@@ -268,11 +268,13 @@ class AlarmQueue:
     ) -> None:
         try:
             with self.engine.begin() as conn:
-                live = conn.execute(
-                    sa.select(sa.func.min(alarms.c.trigger_at), sa.func.max(alarms.c.trigger_at)).where(
-                        alarms.c.calid == calid, alarms.c.uid == obj.uid, alarms.c.state.in_(LIVE_STATES)
+                existing = {
+                    (r.calid, r.uid, r.rid, r.aid, r.trigger_at): r
+                    for r in conn.execute(
+                        sa.select(*_KEY, alarms.c.state).where(alarms.c.calid == calid, alarms.c.uid == obj.uid)
                     )
-                ).one()
+                }
+                live = [r.trigger_at for r in existing.values() if r.state in LIVE_STATES]
                 plan = plan_queue(
                     obj,
                     calid=calid,
@@ -281,10 +283,10 @@ class AlarmQueue:
                     now=now,
                     horizon=self.horizon,
                     min_interval=self.min_interval,
-                    first_live=_aware(live[0]),
-                    last_live=_aware(live[1]),
+                    first_live=min(live, default=None),
+                    last_live=max(live, default=None),
                 )
-                added, kept, removed = self._replace_object(conn, calid, obj, plan, zone, owner, now)
+                added, kept, removed = self._replace_object(conn, calid, obj, plan, existing, zone, owner, now)
         except CalendarError as exc:
             result.errors.append(exc)
             return
@@ -300,6 +302,7 @@ class AlarmQueue:
         calid: str,
         obj: CalendarObject,
         plan: QueuePlan,
+        existing: dict[tuple[str, str, str, str, datetime], Any],
         zone: tzinfo,
         owner: str,
         now: datetime,
@@ -318,20 +321,6 @@ class AlarmQueue:
         if updated.rowcount == 0:
             conn.execute(sa.insert(sources).values(calid=calid, uid=obj.uid, created_at=now, **source_values))
 
-        existing = {
-            (r.calid, r.uid, r.rid, r.aid, r.trigger_at): r
-            for r in conn.execute(
-                sa.select(
-                    alarms.c.id,
-                    alarms.c.calid,
-                    alarms.c.uid,
-                    alarms.c.rid,
-                    alarms.c.aid,
-                    alarms.c.trigger_at,
-                    alarms.c.state,
-                ).where(alarms.c.calid == calid, alarms.c.uid == obj.uid)
-            )
-        }
         wanted = {p.key: p for p in plan.alarms}
         # Only live instances can vanish: failed and expired rows are records for the operator.
         # Past a truncated plan's end nothing is known yet, so nothing there is removed either.

@@ -28,7 +28,7 @@ from icalendar.error import InvalidCalendar as IcalendarInvalid
 from recurring_ical_events.errors import BadRuleStringFormat, PeriodEndBeforeStart
 from recurring_ical_events.errors import InvalidCalendar as ExpansionInvalid
 
-from alarmd.ical import CalendarError, CalendarObject
+from alarmd.ical import CalendarError, CalendarObject, decoded_value
 
 RECURRENCE_PROPS = ("RRULE", "RDATE")
 # Floating times may sit up to 14 h on either side of UTC; the library compares
@@ -164,7 +164,7 @@ def _fast_forward(comp: Component, after: datetime, tz: tzinfo, uid: str) -> Com
 
 def occurrence_of(obj: CalendarObject, comp: Component, tz: tzinfo, *, rid: str, is_override: bool) -> Occurrence:
     """``comp`` read as one occurrence (its own DTSTART/DTEND), e.g. a master's first."""
-    raw_start = _value(comp, "DTSTART", obj.uid)
+    raw_start = decoded_value(comp, "DTSTART", obj.uid)
     start = to_local(raw_start, tz) if raw_start is not None else None
     all_day = raw_start is not None and not isinstance(raw_start, datetime)
     return Occurrence(rid, comp, start, _end(comp, start, all_day, tz, obj.uid), all_day, is_override)
@@ -172,10 +172,10 @@ def occurrence_of(obj: CalendarObject, comp: Component, tz: tzinfo, *, rid: str,
 
 def _end(comp: Component, start: datetime | None, all_day: bool, tz: tzinfo, uid: str) -> datetime | None:
     for name in ("DTEND", "DUE"):
-        value = _value(comp, name, uid)
+        value = decoded_value(comp, name, uid)
         if value is not None:
             return to_local(value, tz)
-    duration = _value(comp, "DURATION", uid)
+    duration = decoded_value(comp, "DURATION", uid)
     if duration is not None:
         if not isinstance(duration, timedelta):
             raise CalendarError("DURATION is not a duration", uid=uid, prop="DURATION")
@@ -224,15 +224,3 @@ def rid_of(comp: Component, name: str, tz: tzinfo) -> str:
     if isinstance(value, datetime):
         return to_local(value, tz).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     return str(value.strftime("%Y%m%d"))
-
-
-def _value(comp: Component, name: str, uid: str) -> Any:
-    if name not in comp:
-        return None
-    try:
-        value = comp.decoded(name)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CalendarError(f"cannot read the value: {exc}", uid=uid, prop=name) from None
-    if isinstance(value, list | tuple):
-        raise CalendarError("appears more than once", uid=uid, prop=name)
-    return value

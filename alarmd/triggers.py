@@ -36,7 +36,7 @@ from typing import Any
 
 from icalendar import Component
 
-from alarmd.ical import CalendarError, CalendarObject, check_object
+from alarmd.ical import CalendarError, CalendarObject, check_object, decoded_value
 from alarmd.recurrence import (
     Occurrence,
     add_duration,
@@ -91,7 +91,6 @@ class AlarmPlan:
     alarms: list[PlannedAlarm] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     complete_until: datetime | None = None  # every instant before this is in ``alarms``
-    recurring: bool = False
 
 
 @dataclass
@@ -133,7 +132,7 @@ def plan_alarms(
         raise ValueError("the window must be given as aware datetimes")
     check_object(obj)
     ctx = _Context(obj, calid, tz, owner, is_recurring(obj))
-    plan = AlarmPlan(complete_until=window_end, recurring=ctx.recurring)
+    plan = AlarmPlan(complete_until=window_end)
     head = master(obj)
     if head is not None and _cancelled(head):
         return plan
@@ -345,7 +344,7 @@ def _triggers(valarm: Component, occ: Occurrence, uid: str) -> list[datetime]:
     prop = valarm.get("TRIGGER")
     if prop is None:
         raise CalendarError("a VALARM has no TRIGGER", uid=uid, prop="TRIGGER")
-    value = _decoded(valarm, "TRIGGER", uid)
+    value = decoded_value(valarm, "TRIGGER", uid)
     if isinstance(value, timedelta):
         related = str(prop.params.get("RELATED", "START")).upper()
         base = occ.end if related == "END" else occ.start
@@ -363,7 +362,7 @@ def _triggers(valarm: Component, occ: Occurrence, uid: str) -> list[datetime]:
     repeat = _repeat(valarm, uid)
     if repeat == 0:
         return [first]
-    step = _decoded(valarm, "DURATION", uid) if "DURATION" in valarm else None
+    step = decoded_value(valarm, "DURATION", uid) if "DURATION" in valarm else None
     if not isinstance(step, timedelta) or step <= timedelta(0):
         raise CalendarError("REPEAT needs a positive DURATION in the same VALARM", uid=uid, prop="DURATION")
     local_first = first.astimezone(zone_base.tzinfo)
@@ -404,7 +403,7 @@ def _reach(obj: CalendarObject) -> tuple[timedelta, timedelta]:
     for comp in obj.components:
         length = _length(comp, obj.uid)
         for valarm in _valarms(comp):
-            value = _decoded(valarm, "TRIGGER", obj.uid) if "TRIGGER" in valarm else None
+            value = decoded_value(valarm, "TRIGGER", obj.uid) if "TRIGGER" in valarm else None
             if not isinstance(value, timedelta):
                 continue
             related_end = str(valarm["TRIGGER"].params.get("RELATED", "START")).upper() == "END"
@@ -462,7 +461,7 @@ def _cancelled(comp: Component) -> bool:
 
 
 def _is_absolute(valarm: Component, uid: str) -> bool:
-    return "TRIGGER" in valarm and isinstance(_decoded(valarm, "TRIGGER", uid), datetime)
+    return "TRIGGER" in valarm and isinstance(decoded_value(valarm, "TRIGGER", uid), datetime)
 
 
 def _repeat(valarm: Component, uid: str) -> int:
@@ -505,16 +504,6 @@ def _utc_value(comp: Component, name: str, uid: str) -> datetime | None:
 
 def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
     return max(a, b) if a is not None and b is not None else a or b
-
-
-def _decoded(comp: Component, name: str, uid: str) -> Any:
-    try:
-        value = comp.decoded(name)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CalendarError(f"cannot read the value: {exc}", uid=uid, prop=name) from None
-    if isinstance(value, list | tuple):
-        raise CalendarError("appears more than once", uid=uid, prop=name)
-    return value
 
 
 def _show(instant: datetime | None, all_day: bool, tz: tzinfo) -> str:

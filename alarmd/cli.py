@@ -17,7 +17,7 @@ import click
 import sqlalchemy as sa
 
 from alarmd.ical import CalendarError, parse_calendar
-from alarmd.queue import AlarmQueue, State, UnknownTimeZone, parse_tz
+from alarmd.queue import AlarmQueue, InvalidLocale, State, UnknownTimeZone, parse_tz
 from alarmd.triggers import plan_alarms, plan_queue
 from common.clock import utcnow
 from common.db import migrate
@@ -119,9 +119,12 @@ def db_current(obj: Context) -> None:
 @click.option("--calid", required=True, help="Calendar id the objects belong to.")
 @click.option("--owner", default="", help="Calendar owner's email; DISPLAY alarms are mailed there.")
 @click.option("--tz", default=None, help="Time zone for floating and all-day times (default: alarmd.default_tz).")
+@click.option("--locale", default="", help="Language of the reminders, e.g. de or fr_CA (default: notifyd.locale).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.pass_obj
-def enqueue(obj: Context, files: tuple[Path, ...], calid: str, owner: str, tz: str | None, as_json: bool) -> None:
+def enqueue(
+    obj: Context, files: tuple[Path, ...], calid: str, owner: str, tz: str | None, locale: str, as_json: bool
+) -> None:
     """Put calendar objects (VEVENT/VTODO with VALARMs) from FILES into the queue."""
     queue = obj.queue()
     report: list[dict[str, Any]] = []
@@ -129,7 +132,9 @@ def enqueue(obj: Context, files: tuple[Path, ...], calid: str, owner: str, tz: s
     for path in files:
         entry: dict[str, Any] = {"file": str(path)}
         try:
-            result = queue.put(calid, path.read_bytes(), now=utcnow(), owner=owner, tz=tz)
+            result = queue.put(calid, path.read_bytes(), now=utcnow(), owner=owner, tz=tz, locale=locale)
+        except InvalidLocale as exc:
+            fail(str(exc), EXIT_USAGE)
         except (OSError, CalendarError, UnknownTimeZone) as exc:
             click.echo(f"alarmctl: {path}: {exc}; nothing enqueued from this file", err=True)
             entry["error"] = str(exc)

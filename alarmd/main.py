@@ -13,7 +13,6 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import click
-import sqlalchemy as sa
 
 from alarmd.demo import DEMO_CALENDAR, schedule_demo_calendar
 from alarmd.dispatcher import Dispatcher
@@ -32,10 +31,6 @@ DEMO_SMTP = ("127.0.0.1", 8025)
 DEMO_OWNER = "you@localhost"
 
 
-class StartupError(RuntimeError):
-    """alarmd cannot start; the message says what to fix."""
-
-
 def demo_settings(settings: Settings) -> Settings:
     """The embedded default with a fresh demo database and the local SMTP catcher.
 
@@ -45,26 +40,16 @@ def demo_settings(settings: Settings) -> Settings:
         alarmd=dataclasses.replace(settings.alarmd, min_interval=0.0),
         database=DatabaseSettings(url=f"sqlite:///{DEMO_DIR / 'demo.db'}"),
         bus=BusSettings(url="memory://"),
-        smtp=SmtpSettings(url=f"smtp://{DEMO_SMTP[0]}:{DEMO_SMTP[1]}", sender="calalarm demo <calalarm@localhost>"),
+        smtp=SmtpSettings(
+            url=f"smtp://{DEMO_SMTP[0]}:{DEMO_SMTP[1]}",
+            sender="calalarm demo <calalarm@localhost>",
+            allow_plaintext=True,  # the catcher on this host
+        ),
     )
 
 
-def ensure_schema(url: str) -> None:
-    """SQLite is migrated on start (embedded default); PostgreSQL must be migrated by the operator."""
-    try:
-        current, head = migrate.current_revision(url), migrate.head_revision()
-        if current == head:
-            return
-        if url.startswith("sqlite"):
-            migrate.upgrade(url)
-            return
-    except sa.exc.OperationalError as exc:
-        raise StartupError(f"database is not reachable: {exc.orig}") from None
-    raise StartupError(f"database is at revision {current or 'none'}, not {head}: run 'alarmctl db upgrade'")
-
-
 async def serve(settings: Settings, *, with_notifier: bool, demo: bool) -> None:
-    ensure_schema(settings.database.url)
+    migrate.ensure_schema(settings.database.url)
     queue = AlarmQueue.from_settings(settings)
     bus = create_bus(settings.bus.url)
     await bus.start()
@@ -82,11 +67,9 @@ async def serve(settings: Settings, *, with_notifier: bool, demo: bool) -> None:
         elif settings.bus.url.startswith("memory:") and not with_notifier:
             log.warning("bus is memory:// without --with-notifier: nobody will receive the notifications")
         if with_notifier:
-            from notifyd.service import Notifier
-            from notifyd.smtp import SmtpSender
+            from notifyd.service import notifier_from_settings
 
-            sender = SmtpSender(settings.smtp)
-            notifier = Notifier(bus, sender, settings, utcnow)
+            notifier, sender = notifier_from_settings(bus, settings, utcnow, engine=queue.engine)
             stack.push_async_callback(sender.close)
             await notifier.start()
             stack.push_async_callback(notifier.stop)
@@ -151,6 +134,9 @@ def main(config: str | None, with_notifier: bool, demo: bool, log_level: str) ->
         (DEMO_DIR / "demo.db").unlink(missing_ok=True)
     try:
         asyncio.run(serve(settings, with_notifier=with_notifier, demo=demo))
-    except (StartupError, OSError) as exc:
+    except ConfigError as exc:
+        click.echo(f"alarmd: configuration: {exc}", err=True)
+        sys.exit(2)
+    except (migrate.SchemaNotReady, OSError) as exc:
         click.echo(f"alarmd: {exc}", err=True)
         sys.exit(1)

@@ -13,6 +13,7 @@ State machine of an instance (one row of ``alarms``)::
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -52,6 +53,13 @@ class AckOutcome(StrEnum):
     RESCHEDULED = "rescheduled"  # retry: due again after a backoff
     STALE = "stale"  # an ack for an earlier attempt that no longer decides anything
     UNKNOWN = "unknown"  # no such instance (already deleted, or never existed)
+
+
+class InvalidLocale(ValueError):
+    """A locale that is not a language tag such as ``de`` or ``fr_CA``."""
+
+
+_LOCALE = re.compile(r"^[A-Za-z]{2,8}(?:[_-][A-Za-z0-9]{1,8}){0,3}$")
 
 
 class UnknownTimeZone(ValueError):
@@ -123,6 +131,14 @@ class AlarmRecord:
             "attempts": self.attempts,
             "last_error": self.last_error,
         }
+
+
+@dataclass(frozen=True)
+class _Audience:
+    """Who reads an object's reminders: the owner's address (DISPLAY alarms) and their language."""
+
+    owner: str
+    locale: str
 
 
 @dataclass
@@ -210,7 +226,16 @@ class AlarmQueue:
 
     # ---------------------------------------------------------------- enqueue
 
-    def put(self, calid: str, ics: str | bytes, *, now: datetime, owner: str = "", tz: str | None = None) -> PutResult:
+    def put(
+        self,
+        calid: str,
+        ics: str | bytes,
+        *,
+        now: datetime,
+        owner: str = "",
+        tz: str | None = None,
+        locale: str = "",
+    ) -> PutResult:
         """Store the calendar objects in ``ics`` and (re)materialise their alarms.
 
         Each object is replaced atomically: instances whose key is unchanged keep
@@ -220,13 +245,16 @@ class AlarmQueue:
         its next instance per alarm; :meth:`extend_horizon` moves it on. An
         object that cannot be read is reported in ``errors`` and leaves its
         stored state untouched; a text that is not iCalendar at all raises
-        :class:`CalendarError`.
+        :class:`CalendarError`. ``owner`` receives DISPLAY alarms; ``locale``
+        (``"de"``, ``"fr_CA"``) is the language of the reminders.
         """
+        if locale and not _LOCALE.match(locale):
+            raise InvalidLocale(f"locale {locale!r} is not a language tag such as de, fr or fr_CA")
         zone = parse_tz(tz) if tz else self.default_tz
         parsed = parse_calendar(ics)
         result = PutResult(errors=list(parsed.errors))
         for obj in parsed.objects:
-            self._put_object(calid, obj, zone, owner, now, result)
+            self._put_object(calid, obj, zone, _Audience(owner, locale), now, result)
         if result.added:
             self._changed()
         return result
@@ -244,7 +272,9 @@ class AlarmQueue:
         while True:
             with self.engine.connect() as conn:
                 due = conn.execute(
-                    sa.select(sources.c.calid, sources.c.uid, sources.c.ics, sources.c.owner, sources.c.tz)
+                    sa.select(
+                        sources.c.calid, sources.c.uid, sources.c.ics, sources.c.owner, sources.c.locale, sources.c.tz
+                    )
                     .where(sources.c.planned_until < now + self.horizon - refill)
                     .order_by(sources.c.planned_until)
                     .limit(batch)
@@ -254,7 +284,8 @@ class AlarmQueue:
                 objects = parse_calendar(row.ics).objects
                 if not objects:
                     continue
-                self._put_object(row.calid, objects[0], parse_tz(row.tz), row.owner, now, result)
+                audience = _Audience(row.owner, row.locale)
+                self._put_object(row.calid, objects[0], parse_tz(row.tz), audience, now, result)
             for error in result.errors:  # a stored object that no longer plans (say, a zone vanished)
                 log.warning("horizon: %s", error)
             extended += len(due)
@@ -264,7 +295,7 @@ class AlarmQueue:
                 return extended
 
     def _put_object(
-        self, calid: str, obj: CalendarObject, zone: ZoneInfo, owner: str, now: datetime, result: PutResult
+        self, calid: str, obj: CalendarObject, zone: ZoneInfo, audience: _Audience, now: datetime, result: PutResult
     ) -> None:
         try:
             with self.engine.begin() as conn:
@@ -279,14 +310,15 @@ class AlarmQueue:
                     obj,
                     calid=calid,
                     tz=zone,
-                    owner=owner,
+                    owner=audience.owner,
+                    locale=audience.locale,
                     now=now,
                     horizon=self.horizon,
                     min_interval=self.min_interval,
                     first_live=min(live, default=None),
                     last_live=max(live, default=None),
                 )
-                added, kept, removed = self._replace_object(conn, calid, obj, plan, existing, zone, owner, now)
+                added, kept, removed = self._replace_object(conn, calid, obj, plan, existing, zone, audience, now)
         except CalendarError as exc:
             result.errors.append(exc)
             return
@@ -304,13 +336,14 @@ class AlarmQueue:
         plan: QueuePlan,
         existing: dict[tuple[str, str, str, str, datetime], Any],
         zone: tzinfo,
-        owner: str,
+        audience: _Audience,
         now: datetime,
     ) -> tuple[int, int, int]:
         source_values = {
             "component": obj.component,
             "ics": obj.to_ical(),
-            "owner": owner,
+            "owner": audience.owner,
+            "locale": audience.locale,
             "tz": str(getattr(zone, "key", "UTC")),
             "updated_at": now,
             "planned_until": plan.planned_until,

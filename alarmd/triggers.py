@@ -110,6 +110,7 @@ class _Context:
     tz: tzinfo
     owner: str
     recurring: bool
+    locale: str = ""
 
 
 def plan_alarms(
@@ -120,6 +121,7 @@ def plan_alarms(
     window_start: datetime,
     window_end: datetime,
     owner: str = "",
+    locale: str = "",
     min_interval: timedelta = DEFAULT_MIN_INTERVAL,
     max_occurrences: int = MAX_OCCURRENCES,
 ) -> AlarmPlan:
@@ -131,7 +133,7 @@ def plan_alarms(
     if window_start.tzinfo is None or window_end.tzinfo is None:
         raise ValueError("the window must be given as aware datetimes")
     check_object(obj)
-    ctx = _Context(obj, calid, tz, owner, is_recurring(obj))
+    ctx = _Context(obj, calid, tz, owner, is_recurring(obj), locale)
     plan = AlarmPlan(complete_until=window_end)
     head = master(obj)
     if head is not None and _cancelled(head):
@@ -180,6 +182,7 @@ def plan_queue(
     now: datetime,
     horizon: timedelta,
     owner: str = "",
+    locale: str = "",
     min_interval: timedelta = DEFAULT_MIN_INTERVAL,
     first_live: datetime | None = None,
     last_live: datetime | None = None,
@@ -202,6 +205,7 @@ def plan_queue(
             window_start=min(now, first_live) if first_live else now,
             window_end=LATEST,
             owner=owner,
+            locale=locale,
             min_interval=min_interval,
         )
         return QueuePlan(plan.alarms, None, None, plan.warnings)
@@ -209,11 +213,18 @@ def plan_queue(
     start = min(now, first_live) if first_live else now
     end = max(horizon_end, last_live + timedelta(microseconds=1)) if last_live else horizon_end
     plan = plan_alarms(
-        obj, calid=calid, tz=tz, window_start=start, window_end=end, owner=owner, min_interval=min_interval
+        obj,
+        calid=calid,
+        tz=tz,
+        window_start=start,
+        window_end=end,
+        owner=owner,
+        locale=locale,
+        min_interval=min_interval,
     )
     covered = plan.complete_until or end
     reached = min(covered, horizon_end)
-    following = next_alarms(obj, calid=calid, tz=tz, after=reached, owner=owner)
+    following = next_alarms(obj, calid=calid, tz=tz, after=reached, owner=owner, locale=locale)
     if not following and covered == end:
         return QueuePlan(plan.alarms, None, None, plan.warnings)  # nothing after the window: the series is complete
     beyond = [p for p in following if p.trigger >= covered]  # the others are planned already (or thinned out)
@@ -227,6 +238,7 @@ def next_alarms(
     tz: tzinfo,
     after: datetime,
     owner: str = "",
+    locale: str = "",
     max_occurrences: int = MAX_NEXT_OCCURRENCES,
 ) -> list[PlannedAlarm]:
     """The first instant at or after ``after`` of each alarm (aid) of a series.
@@ -235,7 +247,7 @@ def next_alarms(
     planning horizon. Stops once no later occurrence can give an earlier instant.
     """
     check_object(obj)
-    ctx = _Context(obj, calid, tz, owner, is_recurring(obj))
+    ctx = _Context(obj, calid, tz, owner, is_recurring(obj), locale)
     head = master(obj)
     if head is not None and _cancelled(head):
         return []
@@ -390,6 +402,8 @@ def _planned(ctx: _Context, occ: Occurrence, valarm: Component, aid: str, trigge
         alarm_description=str(valarm.get("DESCRIPTION", "")),
         owner=ctx.owner,
         recipients=_recipients(valarm, action, ctx.owner),
+        organizer=_organizer(comp),
+        locale=ctx.locale,
     )
     return PlannedAlarm(ctx.calid, ctx.obj.uid, occ.rid, aid, ctx.obj.component, action, trigger, payload)
 
@@ -511,6 +525,19 @@ def _show(instant: datetime | None, all_day: bool, tz: tzinfo) -> str:
     if instant is None:
         return ""
     return instant.astimezone(tz).date().isoformat() if all_day else format_utc(instant)
+
+
+def _organizer(comp: Component) -> str:
+    """``Name <address>`` (or the address alone) of the ORGANIZER; "" without one."""
+    organizer = comp.get("ORGANIZER")
+    if organizer is None or isinstance(organizer, list):
+        return ""
+    value = str(organizer)
+    address = value[7:] if value.lower().startswith("mailto:") else ""
+    name = str(getattr(organizer, "params", {}).get("CN", "")).strip()
+    if name and address:
+        return f"{name} <{address}>"
+    return address or name
 
 
 def _recipients(valarm: Component, action: str, owner: str) -> list[str]:

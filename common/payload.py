@@ -52,6 +52,8 @@ class AlarmPayload:
     alarm_description: str = ""
     owner: str = ""  # the calendar owner's address, given at enqueue
     recipients: list[str] = field(default_factory=list)
+    organizer: str = ""  # "Name <address>" or the address of the component's ORGANIZER
+    locale: str = ""  # the language the reminder is written in ("de", "fr_CA"), given at enqueue
     v: int = PAYLOAD_VERSION
 
     def to_dict(self) -> dict[str, Any]:

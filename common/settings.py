@@ -38,20 +38,27 @@ class BusSettings:
 
 @dataclass(frozen=True)
 class SmtpSettings:
-    url: str = "smtp://127.0.0.1:8025"
+    url: str = "smtp://127.0.0.1:25"
     sender: str = "Calendar reminders <calalarm@localhost>"
-    timeout: float = 20.0  # per SMTP operation; one message may take at most twice this
+    timeout: float = 20.0  # per SMTP operation (connect, one command, one reply)
+    deadline: float = 40.0  # one message as a whole: waiting for a connection and a token included
+    allow_plaintext: bool = False  # smtp:// without STARTTLS; only for a relay on this host or a trusted network
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)  # prefer password_file or CALALARM_SMTP_PASSWORD
+    password_file: str = ""  # a file holding the password (e.g. a systemd credential)
+    pool_size: int = 4  # persistent connections to the server
+    rate_limit: float = 0.0  # messages per second at most (token bucket); 0 = no limit
+    rate_burst: int = 20  # messages that may go at once after an idle spell
 
     @property
     def endpoint(self) -> SmtpEndpoint:
-        return SmtpEndpoint.parse(self.url)
+        return SmtpEndpoint.parse(self.url, allow_plaintext=self.allow_plaintext)
 
 
 @dataclass(frozen=True)
 class SmtpEndpoint:
-    """``smtp://host:port`` (plain), ``smtp+starttls://`` (STARTTLS required), ``smtps://`` (implicit TLS)."""
+    """``smtp://host:port`` (STARTTLS required; plain text only with ``smtp.allow_plaintext``),
+    ``smtp+starttls://`` (the same, spelled out), ``smtps://`` (TLS from the first byte)."""
 
     host: str
     port: int
@@ -60,11 +67,17 @@ class SmtpEndpoint:
     password: str = ""
 
     @classmethod
-    def parse(cls, url: str) -> SmtpEndpoint:
+    def parse(cls, url: str, *, allow_plaintext: bool = False) -> SmtpEndpoint:
         parts = urlsplit(url)
-        modes = {"smtp": ("plain", 25), "smtp+starttls": ("starttls", 587), "smtps": ("implicit", 465)}
+        modes = {
+            "smtp": ("plain" if allow_plaintext else "starttls", 25),
+            "smtp+starttls": ("starttls", 587),
+            "smtps": ("implicit", 465),
+        }
         if parts.scheme not in modes:
             raise ConfigError(f"smtp.url {url!r}: scheme must be smtp://, smtp+starttls:// or smtps://")
+        if allow_plaintext and parts.scheme != "smtp":
+            raise ConfigError(f"smtp.allow_plaintext applies to smtp:// only, and smtp.url {url!r} asks for TLS")
         if not parts.hostname:
             raise ConfigError(f"smtp.url {url!r}: name the server, e.g. smtp://mail.example.com:25")
         tls, default_port = modes[parts.scheme]
@@ -91,6 +104,13 @@ class AlarmdSettings:
 class NotifydSettings:
     pool: str = "notifyd"  # notifyd instances with the same pool share the work
     concurrency: int = 10  # notifications handled at once by one notifyd
+    locale: str = "en"  # the language of a reminder when neither the enqueuer nor the directory names one
+    templates: str = ""  # a directory of templates that override or add to the shipped ones
+    directory: str = ""  # a TOML file mapping calendars to owner address, locale and time zone
+    allowed_domains: tuple[str, ...] = ()  # recipients allowed besides the owner; "*.example.com", "*" = any
+    attach_ics: bool = False  # add the occurrence as a text/calendar part
+    description_max: int = 4000  # characters of the event description shown in a reminder
+    dedup_retention: float = 14 * 86400.0  # seconds a sent reminder is remembered, to suppress resends
 
 
 @dataclass(frozen=True)
@@ -160,7 +180,10 @@ def _build(cls: type, section: str, values: dict[str, Any]) -> Any:
         value, kind = values[f.name], type(getattr(defaults, f.name))
         try:
             if kind is bool:
-                converted[f.name] = value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes"}
+                converted[f.name] = value if isinstance(value, bool) else _boolean(value)
+            elif kind is tuple:
+                items = value if isinstance(value, list | tuple) else str(value).split(",")
+                converted[f.name] = tuple(str(item).strip() for item in items if str(item).strip())
             else:
                 converted[f.name] = kind(value)
         except (TypeError, ValueError):
@@ -168,14 +191,23 @@ def _build(cls: type, section: str, values: dict[str, Any]) -> Any:
     return cls(**converted)
 
 
+def _boolean(value: Any) -> bool:
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(text)
+
+
 def _validate(settings: Settings) -> None:
-    settings.smtp.endpoint  # noqa: B018 - parses, raising ConfigError on a bad URL
     if settings.alarmd.ack_timeout <= 0:
         raise ConfigError("alarmd.ack_timeout must be a positive number of seconds")
-    if settings.alarmd.ack_timeout <= 2 * settings.smtp.timeout:
+    _validate_smtp(settings.smtp)
+    if settings.alarmd.ack_timeout <= settings.smtp.deadline:
         raise ConfigError(
-            f"alarmd.ack_timeout ({settings.alarmd.ack_timeout:g}s) must exceed twice smtp.timeout "
-            f"({settings.smtp.timeout:g}s), the longest one reminder may take to send; otherwise slow sends "
+            f"alarmd.ack_timeout ({settings.alarmd.ack_timeout:g}s) must exceed smtp.deadline "
+            f"({settings.smtp.deadline:g}s), the longest one reminder may take to send; otherwise slow sends "
             "are republished while still in progress and mailed twice"
         )
     if settings.alarmd.batch_size < 1:
@@ -195,9 +227,64 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("alarmd.min_interval must be 0 (no limit) or a positive number of seconds")
     if settings.notifyd.concurrency < 1:
         raise ConfigError("notifyd.concurrency must be at least 1")
+    if settings.notifyd.description_max < 100:
+        raise ConfigError("notifyd.description_max must be at least 100 characters")
+    if settings.notifyd.dedup_retention <= settings.alarmd.ack_timeout:
+        raise ConfigError(
+            "notifyd.dedup_retention must be longer than alarmd.ack_timeout (and should outlast every retry "
+            "of an alarm; default 14 days), or a resent notification is mailed twice"
+        )
     try:
         ZoneInfo(settings.alarmd.default_tz)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"alarmd.default_tz {settings.alarmd.default_tz!r} is not an IANA time zone") from None
     if not settings.database.url.startswith(("sqlite", "postgresql")):
         raise ConfigError(f"database.url {settings.database.url!r}: use sqlite:///PATH or postgresql+psycopg://…")
+
+
+def _validate_smtp(smtp: SmtpSettings) -> None:
+    endpoint = smtp.endpoint  # parses, raising ConfigError on a bad URL
+    if smtp.timeout <= 0:
+        raise ConfigError("smtp.timeout must be a positive number of seconds")
+    if smtp.deadline < smtp.timeout:
+        raise ConfigError(
+            f"smtp.deadline ({smtp.deadline:g}s) bounds a whole message and must be at least smtp.timeout "
+            f"({smtp.timeout:g}s), which bounds one SMTP command"
+        )
+    if smtp.pool_size < 1:
+        raise ConfigError("smtp.pool_size must be at least 1")
+    if smtp.rate_limit < 0:
+        raise ConfigError("smtp.rate_limit must be 0 (no limit) or a positive number of messages per second")
+    if smtp.rate_burst < 1:
+        raise ConfigError("smtp.rate_burst must be at least 1")
+    if smtp.password and smtp.password_file:
+        raise ConfigError("set smtp.password or smtp.password_file, not both")
+    if smtp.allow_plaintext and (smtp.username or endpoint.username) and not _loopback(endpoint.host):
+        raise ConfigError(
+            f"smtp.allow_plaintext with AUTH would send the SMTP password in clear text to {endpoint.host}; "
+            "use TLS (drop allow_plaintext) or a relay on this host"
+        )
+
+
+def _loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def smtp_password(smtp: SmtpSettings, env: Mapping[str, str] | None = None) -> str:
+    """The SMTP password: ``smtp.password`` (or ``CALALARM_SMTP_PASSWORD``), else the content of
+    ``smtp.password_file``, else the systemd credential ``smtp-password`` (``LoadCredential=``),
+    else the password in the URL. Never log the result."""
+    env = os.environ if env is None else env
+    if smtp.password:
+        return smtp.password
+    candidates = [smtp.password_file] if smtp.password_file else []
+    if not candidates and env.get("CREDENTIALS_DIRECTORY"):
+        credential = Path(env["CREDENTIALS_DIRECTORY"]) / "smtp-password"
+        if credential.exists():
+            candidates.append(str(credential))
+    for path in candidates:
+        try:
+            return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"smtp.password_file {path}: cannot read it ({exc.strerror})") from None
+    return smtp.endpoint.password

@@ -1,7 +1,11 @@
 """``notifyd [--config PATH]``: the notifier as a service of its own, beside a broker.
 
-Exit status: 0 after a clean stop (SIGINT or SIGTERM), 1 when the bus cannot be
-reached, 2 for a configuration that cannot be used.
+Exit status: 0 after a clean stop (SIGINT or SIGTERM), 1 when the bus or the database
+cannot be reached (or the database is not migrated: run ``alarmctl db upgrade``), 2 for
+a configuration that cannot be used (settings, templates, directory, password file).
+
+notifyd uses the database only for its delivery records (``deliveries``), which let
+every notifyd of a pool suppress duplicates.
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
+from common.db import create_engine_from_url, migrate
 from common.ens import BusError, create_bus
 from common.settings import ConfigError, Settings, load_settings
-from notifyd.service import Notifier
-from notifyd.smtp import SmtpSender
+from notifyd.service import notifier_from_settings
 
 log = logging.getLogger("notifyd")
 
@@ -60,10 +64,17 @@ def main(config_path: Path | None) -> None:
 async def serve(settings: Settings) -> int:
     """Run the notifier until SIGINT or SIGTERM; return the exit status."""
     try:
+        migrate.ensure_schema(settings.database.url)
+    except migrate.SchemaNotReady as exc:
+        click.echo(f"notifyd: {exc}", err=True)
+        return EXIT_UNAVAILABLE
+    engine = create_engine_from_url(settings.database.url)
+    try:
         bus = create_bus(settings.bus.url)
-        sender = SmtpSender(settings.smtp)
+        notifier, sender = notifier_from_settings(bus, settings, lambda: datetime.now(UTC), engine=engine)
     except (BusError, ConfigError) as exc:
         click.echo(f"notifyd: {exc}", err=True)
+        engine.dispose()
         return EXIT_CONFIG
 
     stop = asyncio.Event()
@@ -77,13 +88,13 @@ async def serve(settings: Settings) -> int:
         except BusError as exc:
             log.error("cannot reach the bus at %s: %s", redact_url(settings.bus.url), exc)
             return EXIT_UNAVAILABLE
-        notifier = Notifier(bus, sender, settings, clock=lambda: datetime.now(UTC))
         await notifier.start()
         log.info(
-            "notifyd ready: bus %s, pool %r, SMTP %s, concurrency %d",
+            "notifyd ready: bus %s, pool %r, SMTP %s (%d connections), concurrency %d",
             redact_url(settings.bus.url),
             settings.notifyd.pool,
             redact_url(settings.smtp.url),
+            settings.smtp.pool_size,
             settings.notifyd.concurrency,
         )
         await stop.wait()
@@ -97,6 +108,7 @@ async def serve(settings: Settings) -> int:
             await bus.close()
         except BusError as exc:
             log.warning("closing the bus: %s", exc)
+        engine.dispose()
     log.info("notifyd stopped")
     return EXIT_OK
 

@@ -1,10 +1,13 @@
 """The notifier: alarm notifications in, reminder emails out, an end-to-end ack for each.
 
-One notification is handled as: validate the payload, pick the recipients, render the
-email, send it, ack the RENL with the outcome. A bad notification is acked ``failed``
-with the reason and never stops the subscription; the only error that leaves the
-handler is :class:`BusUnavailable` for the ack itself (the publisher's RENL timeout
-then makes it send the notification again).
+One notification is handled as: validate the payload, look its instance key up in the
+delivery log (a recorded one is acked ``delivered`` without a second email), pick the
+recipients (:mod:`notifyd.recipients`), render the email (:mod:`notifyd.email`), send
+it (:mod:`notifyd.smtp`), record the delivery, then ack the RENL with the outcome. A
+bad notification is acked ``failed`` with the reason and never stops the subscription;
+the only error that leaves the handler is :class:`BusUnavailable` for the ack itself
+(the publisher's RENL timeout then makes it send the notification again, and the
+delivery record keeps that from mailing twice).
 """
 
 from __future__ import annotations
@@ -14,22 +17,28 @@ import contextlib
 import logging
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import Protocol
+
+import sqlalchemy as sa
 
 from common.ens.abc import Bus, BusUnavailable, Subscription
 from common.ens.envelope import AckStatus, Notification, standard_properties
 from common.ens.reference import EVENT_ALARM, TODO_ALARM
-from common.payload import AlarmPayload, PayloadError
+from common.payload import AlarmPayload, PayloadError, format_utc
 from common.settings import Settings
-from notifyd.email import render_reminder
-from notifyd.smtp import SendResult
+from notifyd.dedup import Delivery, DeliveryLog, MemoryDeliveryLog, SqlDeliveryLog, instance_key
+from notifyd.email import render_reminder, sample_context
+from notifyd.recipients import Addressing, Directory, RecipientPolicy, address_reminder
+from notifyd.smtp import SendResult, SmtpSender, list_refusals
+from notifyd.templates import Templates
 
 log = logging.getLogger(__name__)
 
 PROCESS = "notifyd"
 STOP_GRACE = 30.0
+PURGE_EVERY = 3600.0  # seconds between purges of expired delivery records
 _ADDRESS = re.compile(r"\S+@\S+")
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -53,18 +62,29 @@ class Notifier:
         settings: Settings,
         clock: Callable[[], datetime],
         on_delivered: DeliveredCallback | None = None,
+        *,
+        templates: Templates | None = None,
+        directory: Directory | None = None,
+        deliveries: DeliveryLog | None = None,
     ) -> None:
+        options = settings.notifyd
         self._bus = bus
         self._sender = sender
         self._settings = settings
         self._clock = clock
         self.on_delivered = on_delivered
-        self._semaphore = asyncio.Semaphore(settings.notifyd.concurrency)
+        self._templates = templates or Templates(options.templates, options.locale)
+        self._directory = directory or (Directory.load(options.directory) if options.directory else Directory())
+        self._policy = RecipientPolicy(options.allowed_domains)
+        self._deliveries = deliveries or MemoryDeliveryLog(timedelta(seconds=options.dedup_retention))
+        self._semaphore = asyncio.Semaphore(options.concurrency)
         self._subscriptions: list[Subscription] = []
         self._inflight: set[asyncio.Task[None]] = set()
+        self._purger: asyncio.Task[None] | None = None
         self.delivered = 0
         self.failed = 0
         self.retried = 0
+        self.duplicates = 0
 
     @property
     def subscriptions(self) -> list[str]:
@@ -77,11 +97,17 @@ class Notifier:
             return
         for subscription in self.subscriptions:
             self._subscriptions.append(await self._bus.subscribe(subscription, self._on_notification))
+        self._purger = asyncio.create_task(self._purge_periodically(), name="notifyd:purge")
         log.info("notifier subscribed as pool %r", self._settings.notifyd.pool)
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """Stop taking notifications, then let those in hand finish (up to ``grace`` seconds)."""
         subscriptions, self._subscriptions = self._subscriptions, []
+        purger, self._purger = self._purger, None
+        if purger is not None:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
         for subscription in subscriptions:
             try:
                 await subscription.cancel()
@@ -124,7 +150,7 @@ class Notifier:
             except PayloadError as exc:
                 result = SendResult(AckStatus.FAILED, f"invalid payload: {exc}")
             else:
-                result = await self._deliver(payload, ref)
+                result = await self._process(payload, ref)
             await self._ack(notification, ref, result)
             if result.status is AckStatus.DELIVERED and payload is not None and self.on_delivered is not None:
                 try:
@@ -132,20 +158,78 @@ class Notifier:
                 except Exception:
                     log.exception("the on_delivered callback failed for %s", ref)
 
-    async def _deliver(self, payload: AlarmPayload, ref: str) -> SendResult:
-        recipients = _recipients(payload)
-        if not recipients:
-            return SendResult(AckStatus.FAILED, "no recipient: the alarm names no recipients and the calendar no owner")
+    async def _process(self, payload: AlarmPayload, ref: str) -> SendResult:
+        """Dedup, deliver, record (see the module doc)."""
+        key = instance_key(payload)
         try:
-            message = render_reminder(payload, ref, self._settings.smtp.sender, recipients, self._clock())
+            sent_at = await self._deliveries.sent_at(key, self._clock())
+        except Exception as exc:  # noqa: BLE001 - a database hiccup must not hold the reminder back
+            log.warning("%s: cannot read the delivery log (%s); sending without the duplicate check", ref, exc)
+            sent_at = None
+        if sent_at is not None:
+            self.duplicates += 1
+            return SendResult(
+                AckStatus.DELIVERED, f"duplicate: already mailed at {format_utc(sent_at)}; not sent again"
+            )
+        result = await self._deliver(payload, ref)
+        if result.status is AckStatus.DELIVERED:
+            delivery = Delivery(key, ref, payload.trigger_at, self._clock(), result.reason[:1000])
+            try:
+                await self._deliveries.record(delivery)
+            except Exception as exc:  # noqa: BLE001 - the mail went out; the ack must say so
+                log.warning(
+                    "%s: mailed, but the delivery log cannot record it (%s); a resend would repeat it", ref, exc
+                )
+        return result
+
+    async def _deliver(self, payload: AlarmPayload, ref: str) -> SendResult:
+        options = self._settings.notifyd
+        addressing = address_reminder(payload, self._directory.entry(payload.calid), self._policy)
+        if not addressing.recipients:
+            if addressing.refused:
+                return SendResult(
+                    AckStatus.FAILED,
+                    f"all {len(addressing.refused)} recipients refused: " + list_refusals(addressing.refused),
+                    dict(addressing.refused),
+                )
+            return SendResult(
+                AckStatus.FAILED,
+                "no recipient: the alarm names no attendee and the calendar no owner "
+                "(enqueue with an owner, or add the calendar to notifyd.directory)",
+            )
+        try:
+            message = render_reminder(
+                payload,
+                ref,
+                self._settings.smtp.sender,
+                addressing.recipients,
+                self._clock(),
+                templates=self._templates,
+                locale=addressing.locale,
+                tz=addressing.tz,
+                description_max=options.description_max,
+                attach_ics=options.attach_ics,
+            )
         except Exception as exc:
             log.exception("cannot render the reminder for %s", ref)
             return SendResult(AckStatus.FAILED, f"cannot render the reminder: {type(exc).__name__}: {exc}")
         try:
-            return await self._sender.send(message, recipients)
+            result = await self._sender.send(message, addressing.recipients)
         except Exception as exc:
             log.exception("the mail sender failed on %s", ref)
             return SendResult(AckStatus.RETRY, f"mail sender error: {type(exc).__name__}: {exc}")
+        return _with_refusals(result, addressing)
+
+    async def _purge_periodically(self) -> None:
+        while True:
+            try:
+                purged = await self._deliveries.purge(self._clock())
+            except Exception as exc:  # noqa: BLE001 - retried at the next period
+                log.warning("cannot purge expired delivery records: %s", exc)
+            else:
+                if purged:
+                    log.info("purged %d expired delivery record(s)", purged)
+            await asyncio.sleep(PURGE_EVERY)
 
     async def _ack(self, notification: Notification, ref: str, result: SendResult) -> None:
         renl = notification.renl.renl_id if notification.renl else "-"
@@ -172,12 +256,33 @@ def _loggable(reason: str) -> str:
     return _ADDRESS.sub("<address>", " ".join(_CONTROLS.sub(" ", reason).split()))
 
 
-def _recipients(payload: AlarmPayload) -> list[str]:
-    """The alarm's recipients, else the calendar owner; blanks and repeats dropped."""
-    out: list[str] = []
-    for candidate in payload.recipients:
-        address = candidate.strip()
-        if address and address not in out:
-            out.append(address)
-    owner = payload.owner.strip()
-    return out or ([owner] if owner else [])
+def _with_refusals(result: SendResult, addressing: Addressing) -> SendResult:
+    """``result`` for the addresses sent to, extended by those refused before sending."""
+    if not addressing.refused or result.status is AckStatus.RETRY:
+        return result
+    rejected = {**result.rejected, **addressing.refused}
+    if result.status is AckStatus.FAILED:
+        return SendResult(
+            AckStatus.FAILED, f"all {addressing.total} recipients refused: " + list_refusals(rejected), rejected
+        )
+    accepted = addressing.total - len(rejected)
+    return SendResult(
+        AckStatus.DELIVERED,
+        f"delivered to {accepted} of {addressing.total} recipients; refused: " + list_refusals(rejected),
+        rejected,
+    )
+
+
+def notifier_from_settings(
+    bus: Bus, settings: Settings, clock: Callable[[], datetime], *, engine: sa.Engine
+) -> tuple[Notifier, SmtpSender]:
+    """The production notifier: pooled SMTP, delivery records in the database at ``engine``,
+    templates checked and the directory read (:class:`ConfigError` says what is wrong)."""
+    options = settings.notifyd
+    templates = Templates(options.templates, options.locale)
+    templates.check(sample_context())
+    directory = Directory.load(options.directory) if options.directory else Directory()
+    deliveries = SqlDeliveryLog(engine, timedelta(seconds=options.dedup_retention))
+    sender = SmtpSender(settings.smtp)
+    notifier = Notifier(bus, sender, settings, clock, templates=templates, directory=directory, deliveries=deliveries)
+    return notifier, sender

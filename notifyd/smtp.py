@@ -1,13 +1,18 @@
-"""SMTP delivery over one persistent aiosmtplib connection.
+"""SMTP delivery over a pool of persistent aiosmtplib connections.
 
-The connection is opened on first use, reused while it lasts and dropped after any
-failure (the next message opens a new one). An :class:`asyncio.Lock` lets one message
-use it at a time.
+``smtp.pool_size`` connections are opened on first use, reused while they last and
+each dropped after any failure (the next message on that slot opens a new one). One
+message uses one connection at a time; ``smtp.deadline`` bounds a message as a whole
+(waiting for a rate-limit token and a free connection included), because aiosmtplib's
+``timeout`` bounds each socket operation only and a slow server could otherwise hold
+a message for ever. ``smtp.rate_limit`` (messages per second, bursts of
+``smtp.rate_burst``) is a token bucket shared by the pool.
 
-TLS follows the URL scheme (see :class:`common.settings.SmtpEndpoint`): ``smtp://`` is
-plain text (no opportunistic upgrade), ``smtp+starttls://`` requires STARTTLS and never
-falls back to plain text, ``smtps://`` is TLS from the first byte. Server certificates
-are always verified.
+TLS follows the URL scheme (see :class:`common.settings.SmtpEndpoint`): ``smtp://``
+requires STARTTLS and never falls back to plain text (plain text only with
+``smtp.allow_plaintext``, for a local relay), ``smtps://`` is TLS from the first byte.
+Server certificates are always verified. The AUTH password (``smtp.password``,
+``smtp.password_file`` or the systemd credential) is never logged.
 
 :meth:`SmtpSender.send` never raises for an SMTP problem; it says what the publisher
 should do with the alarm:
@@ -29,13 +34,14 @@ import re
 import ssl
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from email.utils import getaddresses
 
 import aiosmtplib
+from aiolimiter import AsyncLimiter
 from aiosmtplib.email import parse_address
 
 from common.ens.envelope import AckStatus
-from common.settings import ConfigError, SmtpSettings
+from common.settings import ConfigError, SmtpEndpoint, SmtpSettings, smtp_password
+from notifyd.recipients import mailbox
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +70,7 @@ class SmtpSender:
     """Sends reminder emails through the configured SMTP server (see the module doc).
 
     ``tls_context`` replaces the default verifying context (tests pass one that trusts
-    their own CA). ``deadline`` bounds one :meth:`send` as a whole, waiting for the
-    connection included; it defaults to twice ``settings.timeout`` and should stay below
+    their own CA). ``deadline`` overrides ``settings.deadline``; keep it below
     ``alarmd.ack_timeout`` so an answer reaches the publisher before it resends.
     """
 
@@ -77,31 +82,44 @@ class SmtpSender:
         deadline: float | None = None,
         local_hostname: str | None = None,
     ) -> None:
-        self._endpoint = settings.endpoint
-        self._timeout = settings.timeout
-        self._deadline = deadline if deadline is not None else 2 * settings.timeout
-        self._username = settings.username or self._endpoint.username
-        self._password = settings.password or self._endpoint.password
-        self._tls_context = tls_context
-        self._local_hostname = local_hostname
+        endpoint = settings.endpoint
+        self._deadline = deadline if deadline is not None else settings.deadline
         try:
-            self._envelope_from = parse_address(settings.sender)
+            envelope_from = parse_address(settings.sender)
         except ValueError as exc:
             raise ConfigError(f"smtp.sender {settings.sender!r}: {exc}") from None
-        if "@" not in self._envelope_from:
+        if "@" not in envelope_from:
             raise ConfigError(f"smtp.sender {settings.sender!r}: write an address, e.g. Reminders <cal@example.com>")
-        self._lock = asyncio.Lock()
-        self._smtp: aiosmtplib.SMTP | None = None
-        if self._username and self._endpoint.tls == "plain":
-            log.warning(
-                "SMTP AUTH over a plain-text connection to %s:%d exposes the password; use smtp+starttls:// or smtps://",
-                self._endpoint.host,
-                self._endpoint.port,
-            )
+        username = settings.username or endpoint.username
+        session = _Session(
+            endpoint=endpoint,
+            timeout=settings.timeout,
+            username=username,
+            password=smtp_password(settings) if username else "",
+            tls_context=tls_context,
+            local_hostname=local_hostname,
+            envelope_from=envelope_from,
+        )
+        self.server = f"{endpoint.host}:{endpoint.port}"
+        self._connections = [_Connection(session, self.server) for _ in range(settings.pool_size)]
+        # Last in, first out: under light load one warm connection does the work and the
+        # others stay closed, instead of every slot being opened in turn.
+        self._idle: asyncio.LifoQueue[_Connection] = asyncio.LifoQueue()
+        for connection in self._connections:
+            self._idle.put_nowait(connection)
+        self._limiter = (
+            AsyncLimiter(settings.rate_burst, settings.rate_burst / settings.rate_limit)
+            if settings.rate_limit
+            else None
+        )
 
     @property
-    def server(self) -> str:
-        return f"{self._endpoint.host}:{self._endpoint.port}"
+    def pool_size(self) -> int:
+        return len(self._connections)
+
+    @property
+    def open_connections(self) -> int:
+        return sum(1 for c in self._connections if c.is_open)
 
     async def send(self, message: EmailMessage, recipients: list[str]) -> SendResult:
         """Send ``message`` to ``recipients`` (the envelope; headers are not read)."""
@@ -110,46 +128,70 @@ class SmtpSender:
             return _all_refused({}, invalid, total=len(invalid))
         try:
             async with asyncio.timeout(self._deadline):
-                async with self._lock:
-                    return await self._send_locked(message, valid, invalid)
+                if self._limiter is not None:
+                    await self._limiter.acquire()
+                connection = await self._idle.get()
+                try:
+                    return await connection.send(message, valid, invalid)
+                finally:
+                    self._idle.put_nowait(connection)
         except TimeoutError:
-            # Raised by the deadline; the connection was dropped in _send_locked if in use.
+            # Raised by the deadline; a connection in use was dropped by _Connection.send.
             return SendResult(AckStatus.RETRY, f"SMTP {self.server}: no answer within the {self._deadline:g}s deadline")
 
     async def close(self) -> None:
-        """Say QUIT and close the connection, if one is open."""
-        async with self._lock:
-            smtp, self._smtp = self._smtp, None
-            if smtp is None:
-                return
-            try:
-                if smtp.is_connected:
-                    await smtp.quit(timeout=min(self._timeout, QUIT_TIMEOUT))
-            except (aiosmtplib.SMTPException, OSError, TimeoutError):
-                pass
-            finally:
-                smtp.close()
+        """Say QUIT on every open connection and close it."""
+        await asyncio.gather(*(connection.close() for connection in self._connections))
 
-    async def _send_locked(self, message: EmailMessage, valid: list[str], invalid: dict[str, str]) -> SendResult:
+
+@dataclass(frozen=True)
+class _Session:
+    """How to open one SMTP session: the same for every connection of the pool."""
+
+    endpoint: SmtpEndpoint
+    timeout: float
+    username: str
+    password: str = field(repr=False)
+    tls_context: ssl.SSLContext | None
+    local_hostname: str | None
+    envelope_from: str
+
+
+class _Connection:
+    """One slot of the pool: a connection opened on demand and dropped after a failure."""
+
+    def __init__(self, session: _Session, server: str) -> None:
+        self._session = session
+        self._server = server
+        self._smtp: aiosmtplib.SMTP | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._smtp is not None and self._smtp.is_connected
+
+    async def send(self, message: EmailMessage, valid: list[str], invalid: dict[str, str]) -> SendResult:
         done = False
+        server = self._server
         try:
-            reused = self._smtp is not None and self._smtp.is_connected
+            reused = self.is_open
             while True:
                 try:
                     smtp = await self._connection()
                 except _ConnectFailed as exc:
-                    log.warning("SMTP %s: %s", self.server, exc.reason)
-                    return SendResult(AckStatus.RETRY, f"SMTP {self.server}: {exc.reason}")
+                    log.warning("SMTP %s: %s", server, exc.reason)
+                    return SendResult(AckStatus.RETRY, f"SMTP {server}: {exc.reason}")
                 try:
-                    errors, _reply = await smtp.send_message(message, sender=self._envelope_from, recipients=valid)
+                    errors, _reply = await smtp.send_message(
+                        message, sender=self._session.envelope_from, recipients=valid
+                    )
                 except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
                     self._drop()
                     if reused:
                         # The server closed an idle connection under us: open a fresh one once.
                         reused = False
-                        log.debug("SMTP %s: the reused connection was dead; opening a new one", self.server)
+                        log.debug("SMTP %s: the reused connection was dead; opening a new one", server)
                         continue
-                    return SendResult(AckStatus.RETRY, f"SMTP {self.server}: connection lost: {_describe(exc)}")
+                    return SendResult(AckStatus.RETRY, f"SMTP {server}: connection lost: {_describe(exc)}")
                 except aiosmtplib.SMTPRecipientsRefused as exc:
                     refused = {err.recipient: _reply_text(err.code, err.message) for err in exc.recipients}
                     codes = [err.code for err in exc.recipients]
@@ -157,19 +199,19 @@ class SmtpSender:
                         return _all_refused(refused, invalid, total=len(valid) + len(invalid))
                     return SendResult(
                         AckStatus.RETRY,
-                        "every recipient refused, some temporarily: " + _list_refusals({**refused, **invalid}),
+                        "every recipient refused, some temporarily: " + list_refusals({**refused, **invalid}),
                         {**refused, **invalid},
                     )
                 except (aiosmtplib.SMTPHeloError, aiosmtplib.SMTPAuthenticationError) as exc:
-                    return SendResult(AckStatus.RETRY, f"SMTP {self.server}: session refused: {_describe(exc)}")
+                    return SendResult(AckStatus.RETRY, f"SMTP {server}: session refused: {_describe(exc)}")
                 except aiosmtplib.SMTPResponseException as exc:
                     what = "sender refused" if isinstance(exc, aiosmtplib.SMTPSenderRefused) else "message refused"
                     status = AckStatus.FAILED if exc.code >= 500 else AckStatus.RETRY
                     return SendResult(status, f"{what}: {_reply_text(exc.code, exc.message)}")
                 except aiosmtplib.SMTPNotSupported as exc:
-                    return SendResult(AckStatus.FAILED, f"SMTP {self.server} cannot take this message: {exc.message}")
+                    return SendResult(AckStatus.FAILED, f"SMTP {server} cannot take this message: {exc.message}")
                 except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                    return SendResult(AckStatus.RETRY, f"SMTP {self.server}: {_describe(exc)}")
+                    return SendResult(AckStatus.RETRY, f"SMTP {server}: {_describe(exc)}")
                 except ValueError as exc:
                     # aiosmtplib checks addresses; ours were checked already, so this is unexpected.
                     return SendResult(AckStatus.FAILED, f"message cannot be sent: {exc}")
@@ -182,30 +224,43 @@ class SmtpSender:
                 return SendResult(
                     AckStatus.DELIVERED,
                     f"delivered to {accepted} of {accepted + len(rejected)} recipients; refused: "
-                    + _list_refusals(rejected),
+                    + list_refusals(rejected),
                     rejected,
                 )
         finally:
             if not done:
                 # After any failure (a cancellation by the deadline included) the session
-                # state is unknown: the next message starts on a fresh connection.
+                # state is unknown: the next message on this slot starts on a fresh connection.
                 self._drop()
+
+    async def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        try:
+            if smtp.is_connected:
+                await smtp.quit(timeout=min(self._session.timeout, QUIT_TIMEOUT))
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            pass
+        finally:
+            smtp.close()
 
     async def _connection(self) -> aiosmtplib.SMTP:
         if self._smtp is not None and self._smtp.is_connected:
             return self._smtp
         self._drop()
+        session = self._session
         smtp = aiosmtplib.SMTP(
-            hostname=self._endpoint.host,
-            port=self._endpoint.port,
-            username=self._username or None,
-            password=self._password if self._username else None,
-            local_hostname=self._local_hostname,
-            timeout=self._timeout,
-            use_tls=self._endpoint.tls == "implicit",
-            start_tls=self._endpoint.tls == "starttls",
+            hostname=session.endpoint.host,
+            port=session.endpoint.port,
+            username=session.username or None,
+            password=session.password if session.username else None,
+            local_hostname=session.local_hostname,
+            timeout=session.timeout,
+            use_tls=session.endpoint.tls == "implicit",
+            start_tls=session.endpoint.tls == "starttls",
             validate_certs=True,
-            tls_context=self._tls_context,
+            tls_context=session.tls_context,
         )
         try:
             await smtp.connect()
@@ -237,7 +292,7 @@ def _split_recipients(recipients: list[str]) -> tuple[list[str], dict[str, str]]
     valid: list[str] = []
     invalid: dict[str, str] = {}
     for recipient in recipients:
-        address = _envelope_address(recipient)
+        address = mailbox(recipient)
         if address is None:
             invalid[recipient] = "not a valid address"
         elif address not in valid:
@@ -245,28 +300,9 @@ def _split_recipients(recipients: list[str]) -> tuple[list[str], dict[str, str]]
     return valid, invalid
 
 
-def _envelope_address(recipient: str) -> str | None:
-    """The mailbox of ``recipient`` (``bob@x`` or ``Bob <bob@x>``), or None if it is not one.
-
-    Stricter than aiosmtplib's own check, which takes the first of several addresses
-    and lets control characters through.
-    """
-    if _UNSAFE.search(recipient):
-        return None
-    parsed = getaddresses([recipient])
-    if len(parsed) != 1:
-        return None
-    try:
-        address = parse_address(parsed[0][1])
-    except ValueError:
-        return None
-    local, at, domain = address.rpartition("@")
-    return address if at and local and domain else None
-
-
 def _all_refused(refused: dict[str, str], invalid: dict[str, str], total: int) -> SendResult:
     rejected = {**refused, **invalid}
-    return SendResult(AckStatus.FAILED, f"all {total} recipients refused: " + _list_refusals(rejected), rejected)
+    return SendResult(AckStatus.FAILED, f"all {total} recipients refused: " + list_refusals(rejected), rejected)
 
 
 def _one_line(text: str) -> str:
@@ -278,7 +314,8 @@ def _reply_text(code: int, message: str) -> str:
     return _one_line(f"{code} {message}")
 
 
-def _list_refusals(rejected: dict[str, str]) -> str:
+def list_refusals(rejected: dict[str, str]) -> str:
+    """``address: reply; …`` on one line."""
     return "; ".join(f"{_one_line(address)}: {_one_line(reply)}" for address, reply in rejected.items())
 
 

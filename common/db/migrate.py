@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.exc import OperationalError
 
 from common.db.engine import create_engine_from_url
 
@@ -16,6 +17,10 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 class MigrationsMissing(RuntimeError):
     """The migrations directory is not where this installation expects it."""
+
+
+class SchemaNotReady(RuntimeError):
+    """The database cannot be used as it is; the message says what to run."""
 
 
 def _config(url: str) -> Config:
@@ -46,3 +51,17 @@ def current_revision(url: str) -> str | None:
 
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(_config("sqlite://")).get_current_head()
+
+
+def ensure_schema(url: str) -> None:
+    """SQLite is migrated on start (embedded default); PostgreSQL must be migrated by the operator."""
+    try:
+        current, head = current_revision(url), head_revision()
+        if current == head:
+            return
+        if url.startswith("sqlite"):
+            upgrade(url)
+            return
+    except OperationalError as exc:
+        raise SchemaNotReady(f"database is not reachable: {exc.orig}") from None
+    raise SchemaNotReady(f"database is at revision {current or 'none'}, not {head}: run 'alarmctl db upgrade'")

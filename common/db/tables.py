@@ -1,4 +1,6 @@
-"""The schema. Only ``alarmd.queue.AlarmQueue`` reads and writes these tables.
+"""The schema. Only ``alarmd.queue.AlarmQueue`` reads and writes the alarm tables
+(``sources``, ``alarms``, ``alarm_history``); only ``notifyd.dedup.SqlDeliveryLog``
+reads and writes ``deliveries``.
 
 - ``sources``: calendar objects as enqueued (calid, uid, iCalendar text), from
   which instances are materialised. ``planned_until`` is set for recurring
@@ -8,6 +10,9 @@
   is due: first publish, republish after a missing ack, and backoff.
 - ``alarm_history``: every state change of every instance, kept after the
   instance row is deleted, so "what happened to my reminder?" has an answer.
+- ``deliveries``: the instance keys notifyd has mailed, so that a notification
+  delivered again (a lost ack, a republish) is acked without a second email.
+  Rows expire after ``notifyd.dedup_retention``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ sources = sa.Table(
     sa.Column("component", sa.String(8), nullable=False),
     sa.Column("ics", sa.Text, nullable=False),
     sa.Column("owner", sa.String(320), nullable=False, server_default=""),
+    sa.Column("locale", sa.String(35), nullable=False, server_default=""),  # "" = notifyd's default
     sa.Column("tz", sa.String(64), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
@@ -92,3 +98,15 @@ alarm_history = sa.Table(
 sa.Index("ix_alarm_history_alarm_id", alarm_history.c.alarm_id)
 sa.Index("ix_alarm_history_calid_uid", alarm_history.c.calid, alarm_history.c.uid)
 sa.Index("ix_alarm_history_at", alarm_history.c.at)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),  # sha256 of calid, uid, rid, aid, trigger
+    sa.Column("ref", sa.Text, nullable=False),
+    sa.Column("trigger_at", UTCDateTime, nullable=False),
+    sa.Column("sent_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False, server_default=""),
+)
+sa.Index("ix_deliveries_expires_at", deliveries.c.expires_at)

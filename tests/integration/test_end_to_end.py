@@ -66,7 +66,7 @@ async def embedded(
     database_url: str, bus: Bus, smtp_url: str, ack_timeout: float = 30.0, with_notifier: bool = True
 ) -> AsyncIterator[Dispatcher]:
     """alarmd's dispatcher and (unless told otherwise) notifyd's notifier as tasks on one loop."""
-    settings = Settings(smtp=SmtpSettings(url=smtp_url))
+    settings = Settings(smtp=SmtpSettings(url=smtp_url, allow_plaintext=True))
     settings = settings.replace(alarmd=replace(settings.alarmd, ack_timeout=ack_timeout, safety_poll=1.0))
     queue = AlarmQueue.from_url(database_url)
     dispatcher = Dispatcher(queue, bus, settings.alarmd)
@@ -162,6 +162,7 @@ async def test_standard_deployment_as_processes(clean_postgres_url: str, tmp_pat
             CALALARM_DATABASE_URL=postgres_url,
             CALALARM_BUS_URL=f"{RABBITMQ_URL}?exchange={unique_exchange()}",
             CALALARM_SMTP_URL=smtp.url,
+            CALALARM_SMTP_ALLOW_PLAINTEXT="true",
             CALALARM_ALARMD_SAFETY_POLL="30",  # wake-up must come from LISTEN/NOTIFY, not the poll
         )
         notifyd = spawn("notifyd", env, tmp_path / "notifyd.log")

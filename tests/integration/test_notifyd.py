@@ -44,7 +44,9 @@ def message_to(*recipients: str, subject: str = "Reminder: test") -> EmailMessag
 
 
 def sender_for(url: str, **kwargs: Any) -> SmtpSender:
-    return SmtpSender(SmtpSettings(url=url, sender="Reminders <calalarm@example.com>", timeout=2.0), **kwargs)
+    return SmtpSender(
+        SmtpSettings(url=url, sender="Reminders <calalarm@example.com>", timeout=2.0, allow_plaintext=True), **kwargs
+    )
 
 
 def free_port() -> int:
@@ -312,7 +314,11 @@ class Harness:
 @contextlib.asynccontextmanager
 async def running_notifier(**server_options: Any) -> AsyncIterator[Harness]:
     async with recording_smtp_server(**server_options) as server:
-        settings = Settings(smtp=SmtpSettings(url=server.url, sender="Reminders <calalarm@example.com>", timeout=2.0))
+        settings = Settings(
+            smtp=SmtpSettings(
+                url=server.url, sender="Reminders <calalarm@example.com>", timeout=2.0, allow_plaintext=True
+            )
+        )
         bus = MemoryBus()
         await bus.start()
         sender = SmtpSender(settings.smtp)

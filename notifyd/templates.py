@@ -1,0 +1,136 @@
+"""Reminder templates: Jinja2, one set per locale, shipped defaults plus operator overrides.
+
+Each locale is a directory holding six templates::
+
+    event.subject.j2  event.txt.j2  event.html.j2
+    todo.subject.j2   todo.txt.j2   todo.html.j2
+
+Shipped locales live in ``notifyd/templates/`` (``en``, ``de``, ``fr``; HTML parts extend
+``layout.html.j2``). ``notifyd.templates`` names a directory searched first: a file
+there replaces the shipped one of the same name, and a new directory (``it/``) adds a
+locale once it holds all six. HTML templates are autoescaped; undefined names are
+errors, so a typo in an override fails :meth:`Templates.check` at start-up instead of
+producing an empty reminder.
+
+Locale resolution (documented rule): ``fr-CA`` and ``fr_CA`` are the same; an exact
+match wins, then the language alone (``fr``), then ``notifyd.locale``. An unknown or
+malformed locale is never an error at send time.
+
+The names a template can use are listed in :func:`notifyd.email.reminder_context`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import (
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    PackageLoader,
+    StrictUndefined,
+    TemplateSyntaxError,
+    select_autoescape,
+)
+from jinja2 import (
+    TemplateError as JinjaError,
+)
+
+from common.settings import ConfigError
+
+KINDS = ("event", "todo")
+PARTS = ("subject", "txt", "html")
+_LOCALE_DIR = re.compile(r"^([A-Za-z]{2,8}(?:_[A-Za-z0-9]{1,8})*)/([a-z]+)\.([a-z]+)\.j2$")
+
+
+class TemplateError(ConfigError):
+    """A template set that cannot be used; the message names the file and the fault."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str
+
+
+def normalise_locale(name: str) -> str:
+    """``fr-ca`` → ``fr_CA``; ``""`` for something that is not a language tag."""
+    parts = [p for p in re.split(r"[-_]", name.strip()) if p]
+    if not parts or not re.fullmatch(r"[A-Za-z]{2,8}", parts[0]) or not all(p.isalnum() for p in parts):
+        return ""
+    return "_".join([parts[0].lower(), *(p.upper() if len(p) == 2 else p for p in parts[1:])])
+
+
+class Templates:
+    """The reminder templates of every available locale."""
+
+    def __init__(self, override_dir: str | Path = "", default_locale: str = "en") -> None:
+        loaders: list[Any] = []
+        if override_dir:
+            path = Path(override_dir)
+            if not path.is_dir():
+                raise TemplateError(f"notifyd.templates {override_dir}: not a directory")
+            loaders.append(FileSystemLoader(str(path)))
+        loaders.append(PackageLoader("notifyd", "templates"))
+        self._env = Environment(
+            loader=ChoiceLoader(loaders),
+            autoescape=select_autoescape(enabled_extensions=("html.j2",), default_for_string=False, default=False),
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+            auto_reload=False,
+        )
+        self.locales = self._discover()
+        self.default_locale = normalise_locale(default_locale)
+        if self.default_locale not in self.locales:
+            raise TemplateError(
+                f"notifyd.locale {default_locale!r} has no templates; available: {', '.join(sorted(self.locales))}"
+            )
+
+    def _discover(self) -> frozenset[str]:
+        found: dict[str, set[str]] = {}
+        for name in self._env.list_templates(extensions=["j2"]):
+            match = _LOCALE_DIR.match(name)
+            if match and match.group(2) in KINDS and match.group(3) in PARTS:
+                found.setdefault(match.group(1), set()).add(f"{match.group(2)}.{match.group(3)}.j2")
+        needed = {f"{kind}.{part}.j2" for kind in KINDS for part in PARTS}
+        for locale, present in sorted(found.items()):
+            missing = needed - present
+            if missing:
+                raise TemplateError(f"templates for locale {locale} lack {', '.join(sorted(missing))}")
+        return frozenset(found)
+
+    def resolve(self, requested: str) -> str:
+        """The available locale closest to ``requested`` (see the module doc)."""
+        name = normalise_locale(requested)
+        if name in self.locales:
+            return name
+        language = name.partition("_")[0]
+        return language if language in self.locales else self.default_locale
+
+    def render(self, kind: str, locale: str, context: Mapping[str, Any]) -> Rendered:
+        """Subject, text and HTML of a ``kind`` reminder in ``locale`` (an available one)."""
+        if kind not in KINDS:
+            raise ValueError(f"no template kind {kind!r}")
+        parts = {}
+        for part in PARTS:
+            name = f"{locale}/{kind}.{part}.j2"
+            parts[part] = self._env.get_template(name).render({**context, "locale": locale})
+        return Rendered(parts["subject"], parts["txt"], parts["html"])
+
+    def check(self, sample: Mapping[str, Any]) -> None:
+        """Render ``sample`` through every template; raise :class:`TemplateError` naming the one that fails."""
+        for locale in sorted(self.locales):
+            for kind in KINDS:
+                try:
+                    self.render(kind, locale, {**sample, "kind": kind})
+                except TemplateSyntaxError as exc:
+                    raise TemplateError(f"template {exc.filename or exc.name}:{exc.lineno}: {exc.message}") from None
+                except JinjaError as exc:
+                    raise TemplateError(f"templates {locale}/{kind}.*.j2: {exc}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -164,3 +165,19 @@ def test_enqueue_reports_the_bad_object_and_queues_the_rest(env: dict[str, str],
     listed = json.loads(alarmctl("list", "--uid", "standup", "--json", env=env).stdout)
     assert {r["uid"] for r in listed} == {"standup"}
     assert all(r["rid"].endswith("T080000Z") for r in listed)
+
+
+def test_enqueue_with_a_locale_carries_it_to_the_payload(env: dict[str, str], tmp_path: Path) -> None:
+    assert alarmctl("db", "upgrade", env=env).returncode == 0
+    ics = tmp_path / "meeting.ics"
+    ics.write_text(event("m1", datetime.now(UTC) + timedelta(days=1), display("-PT15M")))
+    result = alarmctl("enqueue", str(ics), "--calid", "jac", "--owner", "jac@example.com", "--locale", "fr_CA", env=env)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "q.db") as db:  # `alarmctl show` gains the payload with issue 6
+        [(stored,)] = db.execute("SELECT payload FROM alarms").fetchall()
+    payload = json.loads(stored)
+    assert (payload["locale"], payload["owner"]) == ("fr_CA", "jac@example.com")
+
+    bad = alarmctl("enqueue", str(ics), "--calid", "jac", "--locale", "fr; DROP", env=env)
+    assert bad.returncode == 2
+    assert "not a language tag" in bad.stderr

@@ -2,14 +2,15 @@ from pathlib import Path
 
 import pytest
 
-from common.settings import ConfigError, SmtpEndpoint, load_settings
+from common.settings import ConfigError, SmtpEndpoint, SmtpSettings, load_settings, smtp_password
 
 
 def test_defaults_are_the_embedded_deployment() -> None:
     s = load_settings(None, env={})
     assert s.database.url.startswith("sqlite:///")
     assert s.bus.url == "memory://"
-    assert s.smtp.endpoint == SmtpEndpoint("127.0.0.1", 8025, "plain")
+    assert s.smtp.endpoint == SmtpEndpoint("127.0.0.1", 25, "starttls")  # TLS unless plain text is allowed
+    assert not s.smtp.allow_plaintext
 
 
 def test_file_then_environment(tmp_path: Path) -> None:
@@ -32,7 +33,7 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("smtp://mail:2525", SmtpEndpoint("mail", 2525, "plain")),
+        ("smtp://mail:2525", SmtpEndpoint("mail", 2525, "starttls")),
         ("smtp+starttls://mail", SmtpEndpoint("mail", 587, "starttls")),
         ("smtps://u%40x:p@mail", SmtpEndpoint("mail", 465, "implicit", "u@x", "p")),
     ],
@@ -49,7 +50,25 @@ def test_smtp_urls(url: str, expected: SmtpEndpoint) -> None:
         ("[bus]\nport = 1\n", {}, "unknown setting bus.port"),
         ("", {"CALALARM_ALARMD_ACK_TIMEOUT": "soon"}, "alarmd.ack_timeout must be a float"),
         ("", {"CALALARM_ALARMD_ACK_TIMEOUT": "0"}, "positive"),
-        ("", {"CALALARM_ALARMD_ACK_TIMEOUT": "30"}, "must exceed twice smtp.timeout"),
+        ("", {"CALALARM_ALARMD_ACK_TIMEOUT": "30"}, "must exceed smtp.deadline"),
+        ("", {"CALALARM_SMTP_DEADLINE": "5"}, "smtp.deadline .* must be at least smtp.timeout"),
+        ("", {"CALALARM_SMTP_POOL_SIZE": "0"}, "smtp.pool_size must be at least 1"),
+        ("", {"CALALARM_SMTP_RATE_LIMIT": "-1"}, "smtp.rate_limit must be 0"),
+        ("", {"CALALARM_SMTP_RATE_BURST": "0"}, "smtp.rate_burst must be at least 1"),
+        ("", {"CALALARM_SMTP_ALLOW_PLAINTEXT": "maybe"}, "smtp.allow_plaintext must be a bool"),
+        (
+            "",
+            {"CALALARM_SMTP_ALLOW_PLAINTEXT": "true", "CALALARM_SMTP_URL": "smtps://mail"},
+            "allow_plaintext applies to smtp:// only",
+        ),
+        (
+            "",
+            {"CALALARM_SMTP_ALLOW_PLAINTEXT": "yes", "CALALARM_SMTP_URL": "smtp://mail", "CALALARM_SMTP_USERNAME": "u"},
+            "password in clear text to mail",
+        ),
+        ("", {"CALALARM_SMTP_PASSWORD": "a", "CALALARM_SMTP_PASSWORD_FILE": "/x"}, "not both"),
+        ("", {"CALALARM_NOTIFYD_DESCRIPTION_MAX": "10"}, "notifyd.description_max"),
+        ("", {"CALALARM_NOTIFYD_DEDUP_RETENTION": "30"}, "notifyd.dedup_retention must be longer"),
         ("", {"CALALARM_SMTP_URL": "http://x"}, "smtp.url"),
         ("", {"CALALARM_ALARMD_DEFAULT_TZ": "Mars/Olympus"}, "IANA"),
         ("", {"CALALARM_ALARMD_HORIZON_DAYS": "0"}, "alarmd.horizon_days must be a positive"),
@@ -76,3 +95,36 @@ def test_shipped_example_configurations_load() -> None:
     standard = load_settings(examples / "standard.toml", env={})
     assert standard.smtp.endpoint.tls == "starttls"
     assert standard.bus.url.startswith("amqp://")
+
+
+def test_plain_text_only_when_allowed() -> None:
+    assert load_settings(None, env={"CALALARM_SMTP_URL": "smtp://relay"}).smtp.endpoint.tls == "starttls"
+    allowed = load_settings(None, env={"CALALARM_SMTP_URL": "smtp://relay", "CALALARM_SMTP_ALLOW_PLAINTEXT": "1"})
+    assert allowed.smtp.endpoint.tls == "plain"
+    local_auth = {"CALALARM_SMTP_URL": "smtp://127.0.0.1", "CALALARM_SMTP_ALLOW_PLAINTEXT": "1"}
+    assert load_settings(None, env={**local_auth, "CALALARM_SMTP_USERNAME": "u"}).smtp.username == "u"
+
+
+def test_lists_from_toml_and_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[notifyd]\nallowed_domains = ["example.com", "*.example.org"]\n')
+    assert load_settings(path, env={}).notifyd.allowed_domains == ("example.com", "*.example.org")
+    env = {"CALALARM_NOTIFYD_ALLOWED_DOMAINS": "a.example, *.b.example ,"}
+    assert load_settings(None, env=env).notifyd.allowed_domains == ("a.example", "*.b.example")
+
+
+def test_password_never_in_the_settings_repr() -> None:
+    settings = load_settings(None, env={"CALALARM_SMTP_PASSWORD": "hunter2-secret"})
+    assert settings.smtp.password == "hunter2-secret"
+    assert "hunter2-secret" not in repr(settings)
+
+
+def test_password_sources(tmp_path: Path) -> None:
+    secret = tmp_path / "smtp-password"
+    secret.write_text("from-file\n")
+    assert smtp_password(SmtpSettings(password="direct"), env={}) == "direct"
+    assert smtp_password(SmtpSettings(password_file=str(secret)), env={}) == "from-file"
+    assert smtp_password(SmtpSettings(), env={"CREDENTIALS_DIRECTORY": str(tmp_path)}) == "from-file"
+    assert smtp_password(SmtpSettings(url="smtps://u:in-url@mail"), env={}) == "in-url"
+    with pytest.raises(ConfigError, match="cannot read"):
+        smtp_password(SmtpSettings(password_file=str(tmp_path / "missing")), env={})

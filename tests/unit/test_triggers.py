@@ -231,3 +231,38 @@ def test_object_without_uid_is_reported_and_others_kept() -> None:
     )
     assert [o.uid for o in parsed.objects] == ["ok"]
     assert "no UID" in str(parsed.errors[0])
+
+
+@pytest.mark.parametrize(
+    ("organizer", "shown"),
+    [
+        ("ORGANIZER;CN=Ann Smith:mailto:ann@example.com", "Ann Smith <ann@example.com>"),
+        ("ORGANIZER:mailto:ann@example.com", "ann@example.com"),
+        ("ORGANIZER;CN=Ann:urn:uuid:1234", "Ann"),
+        ("", ""),
+    ],
+)
+def test_payload_carries_the_organizer(organizer: str, shown: str) -> None:
+    [planned] = plan(f"""
+BEGIN:VEVENT
+UID:a
+DTSTART:20261124T100000Z
+{organizer}
+BEGIN:VALARM
+ACTION:DISPLAY
+TRIGGER:-PT5M
+END:VALARM
+END:VEVENT""")
+    assert planned.payload.organizer == shown
+
+
+def test_payload_carries_the_locale_given_at_enqueue() -> None:
+    [obj] = parse_calendar(cal("BEGIN:VEVENT\nUID:a\nDTSTART:20261124T100000Z\n" + VALARM + "END:VEVENT")).objects
+    start, end = ALL_TIME
+    [planned] = plan_alarms(obj, calid="c", tz=ZoneInfo("UTC"), window_start=start, window_end=end, locale="de").alarms
+    assert planned.payload.locale == "de"
+    [default] = plan_alarms(obj, calid="c", tz=ZoneInfo("UTC"), window_start=start, window_end=end).alarms
+    assert default.payload.locale == ""
+
+
+VALARM = "BEGIN:VALARM\nACTION:DISPLAY\nTRIGGER:-PT5M\nEND:VALARM\n"

@@ -51,5 +51,5 @@ def _truncate(url: str) -> None:
 
     engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE alarms, alarm_history, sources RESTART IDENTITY"))
+        conn.execute(sa.text("TRUNCATE alarms, alarm_history, sources, deliveries RESTART IDENTITY"))
     engine.dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from icalendar import Calendar, Component
@@ -79,6 +80,8 @@ def check_object(obj: CalendarObject) -> None:
         for prop, message in getattr(comp, "errors", ()):
             if prop in USED_PROPERTIES:
                 raise CalendarError(f"cannot read the value: {message}", uid=obj.uid, prop=prop)
+        for name in ("DTSTART", "DTEND", "DUE", "RECURRENCE-ID"):
+            _check_date(comp, name, obj.uid)
         for name in _DATE_PROPERTIES:
             _check_zone(comp, name, obj.uid)
         for valarm in comp.subcomponents:
@@ -95,6 +98,13 @@ def _check_single(comp: Component, names: tuple[str, ...], uid: str) -> None:
         if isinstance(comp.get(name), list):
             where = "a VALARM" if comp.name == "VALARM" else f"the {comp.name}"
             raise CalendarError(f"appears more than once in {where}", uid=uid, prop=name)
+
+
+def _check_date(comp: Component, name: str, uid: str) -> None:
+    # icalendar reads "DTSTART:-PT" as a duration rather than refusing it.
+    value = getattr(comp.get(name), "dt", None)
+    if name in comp and not isinstance(value, date):
+        raise CalendarError("must be a DATE or DATE-TIME value", uid=uid, prop=name)
 
 
 def _check_zone(comp: Component, name: str, uid: str) -> None:

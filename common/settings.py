@@ -64,7 +64,7 @@ class SmtpEndpoint:
     port: int
     tls: str  # "plain" | "starttls" | "implicit"
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
 
     @classmethod
     def parse(cls, url: str, *, allow_plaintext: bool = False) -> SmtpEndpoint:

@@ -31,6 +31,7 @@ from babel import Locale, UnknownLocaleError
 
 from common.payload import AlarmPayload, parse_utc
 from notifyd import localise
+from notifyd.recipients import mailbox
 from notifyd.templates import Templates
 
 SUBJECT_MAX = 200
@@ -243,8 +244,8 @@ def occurrence_ics(payload: AlarmPayload, now: datetime, description_max: int = 
             comp.add(name, clean_header(value, limit))
     if payload.description:
         comp.add("description", clean_text(payload.description, description_max))
-    address = parseaddr(clean_header(payload.organizer, ADDRESS_MAX))[1]
-    if "@" in address:
+    address = mailbox(payload.organizer)
+    if address is not None:
         comp.add("organizer", icalendar.vCalAddress(f"mailto:{address}"))
     cal.add_component(comp)
     return bytes(cal.to_ical())

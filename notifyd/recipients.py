@@ -87,7 +87,7 @@ class Directory:
             if entry.tz:
                 try:
                     ZoneInfo(entry.tz)
-                except (ZoneInfoNotFoundError, ValueError):
+                except (ZoneInfoNotFoundError, ValueError, OSError):
                     raise ConfigError(
                         f"notifyd.directory {path}: calendars.{calid}.tz {entry.tz!r} is not an IANA time zone"
                     ) from None
@@ -167,4 +167,19 @@ def mailbox(recipient: str) -> str | None:
     local, at, domain = address.rpartition("@")
     if not (at and local and domain) or len(address) > 254 or ("@" in local and not local.startswith('"')):
         return None
-    return address
+    return address if _valid_domain(domain) else None
+
+
+_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_ADDRESS_LITERAL = re.compile(r"^\[(?:\d{1,3}(?:\.\d{1,3}){3}|IPv6:[0-9A-Fa-f:.]+)\]$")
+
+
+def _valid_domain(domain: str) -> bool:
+    """A host name (internationalised names allowed) or an address literal such as [192.0.2.1]."""
+    if _ADDRESS_LITERAL.match(domain):
+        return True
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    return len(ascii_domain) <= 253 and all(_LABEL.match(label) for label in ascii_domain.split("."))

@@ -44,7 +44,7 @@ from common.settings import ConfigError
 
 KINDS = ("event", "todo")
 PARTS = ("subject", "txt", "html")
-_LOCALE_DIR = re.compile(r"^([A-Za-z]{2,8}(?:_[A-Za-z0-9]{1,8})*)/([a-z]+)\.([a-z]+)\.j2$")
+_LOCALE_DIR = re.compile(r"^([A-Za-z]{2,8}(?:[_-][A-Za-z0-9]{1,8})*)/([a-z]+)\.([a-z]+)\.j2$")
 
 
 class TemplateError(ConfigError):
@@ -86,33 +86,43 @@ class Templates:
             keep_trailing_newline=True,
             auto_reload=False,
         )
-        self.locales = self._discover()
-        self.default_locale = normalise_locale(default_locale)
-        if self.default_locale not in self.locales:
+        self._directories = self._discover()
+        self.locales = frozenset(self._directories)
+        self.default_locale = self._closest(default_locale)
+        if not self.default_locale:
             raise TemplateError(
                 f"notifyd.locale {default_locale!r} has no templates; available: {', '.join(sorted(self.locales))}"
             )
 
-    def _discover(self) -> frozenset[str]:
+    def _discover(self) -> dict[str, str]:
+        """Available locale (normalised) → its directory name as written (``pt-BR``, ``IT``)."""
         found: dict[str, set[str]] = {}
         for name in self._env.list_templates(extensions=["j2"]):
             match = _LOCALE_DIR.match(name)
             if match and match.group(2) in KINDS and match.group(3) in PARTS:
                 found.setdefault(match.group(1), set()).add(f"{match.group(2)}.{match.group(3)}.j2")
         needed = {f"{kind}.{part}.j2" for kind in KINDS for part in PARTS}
-        for locale, present in sorted(found.items()):
+        directories: dict[str, str] = {}
+        for directory, present in sorted(found.items()):
             missing = needed - present
             if missing:
-                raise TemplateError(f"templates for locale {locale} lack {', '.join(sorted(missing))}")
-        return frozenset(found)
+                raise TemplateError(f"templates for locale {directory} lack {', '.join(sorted(missing))}")
+            locale = normalise_locale(directory)
+            if locale in directories:
+                raise TemplateError(f"template directories {directories[locale]} and {directory} are the same locale")
+            directories[locale] = directory
+        return directories
 
     def resolve(self, requested: str) -> str:
         """The available locale closest to ``requested`` (see the module doc)."""
+        return self._closest(requested) or self.default_locale
+
+    def _closest(self, requested: str) -> str:
         name = normalise_locale(requested)
         if name in self.locales:
             return name
         language = name.partition("_")[0]
-        return language if language in self.locales else self.default_locale
+        return language if language in self.locales else ""
 
     def render(self, kind: str, locale: str, context: Mapping[str, Any]) -> Rendered:
         """Subject, text and HTML of a ``kind`` reminder in ``locale`` (an available one)."""
@@ -120,7 +130,7 @@ class Templates:
             raise ValueError(f"no template kind {kind!r}")
         parts = {}
         for part in PARTS:
-            name = f"{locale}/{kind}.{part}.j2"
+            name = f"{self._directories[locale]}/{kind}.{part}.j2"
             parts[part] = self._env.get_template(name).render({**context, "locale": locale})
         return Rendered(parts["subject"], parts["txt"], parts["html"])
 
@@ -132,5 +142,6 @@ class Templates:
                     self.render(kind, locale, {**sample, "kind": kind})
                 except TemplateSyntaxError as exc:
                     raise TemplateError(f"template {exc.filename or exc.name}:{exc.lineno}: {exc.message}") from None
-                except JinjaError as exc:
-                    raise TemplateError(f"templates {locale}/{kind}.*.j2: {exc}") from None
+                except Exception as exc:  # noqa: BLE001 - any fault of an override, e.g. {{ title + 1 }}
+                    what = exc if isinstance(exc, JinjaError) else f"{type(exc).__name__}: {exc}"
+                    raise TemplateError(f"templates {locale}/{kind}.*.j2: {what}") from None

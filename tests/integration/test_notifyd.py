@@ -1,12 +1,12 @@
-"""notifyd against a real SMTP server (aiosmtpd) and the in-process bus."""
+"""notifyd's Notifier against a real SMTP server (aiosmtpd) and the in-process bus; the demo's
+catcher and the command line. SmtpSender on its own: test_smtp_delivery.py; the delivery log
+and duplicates: test_deliveries.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import socket
-import ssl
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -14,24 +14,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
-from aiosmtpd.smtp import SMTP
 from click.testing import CliRunner
 
 from common.ens.envelope import Ack, AckStatus, Notification, Renl
 from common.ens.memory import MemoryBus
 from common.ens.reference import EventReference
 from common.payload import AlarmPayload
-from common.settings import Settings, SmtpSettings
+from common.settings import NotifydSettings, Settings, SmtpSettings
 from common.smtp_catcher import CatcherPortInUse, start_catcher
 from notifyd.main import main as notifyd_main
+from notifyd.recipients import NOT_ALLOWED, Directory, DirectoryEntry
 from notifyd.service import Notifier
-from notifyd.smtp import SendResult, SmtpSender
+from notifyd.smtp import SmtpSender
 from tests.payloads import sample_payload
 from tests.smtp_server import RecordingSmtpServer, recording_smtp_server
 
 NOW = datetime(2026, 11, 23, 9, 45, tzinfo=UTC)
 WAIT = 3.0
+SENDER = "Reminders <calalarm@example.com>"
+# Outsiders are not the point of most tests: colleagues at example.com may be mailed.
+COLLEAGUES = NotifydSettings(allowed_domains=("example.com",))
 
 
 def message_to(*recipients: str, subject: str = "Reminder: test") -> EmailMessage:
@@ -43,245 +45,8 @@ def message_to(*recipients: str, subject: str = "Reminder: test") -> EmailMessag
     return message
 
 
-def sender_for(url: str, **kwargs: Any) -> SmtpSender:
-    return SmtpSender(
-        SmtpSettings(url=url, sender="Reminders <calalarm@example.com>", timeout=2.0, allow_plaintext=True), **kwargs
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def refuse(replies: dict[str, str]) -> Callable[[str], str | None]:
     return lambda address: replies.get(address)
-
-
-# --- SmtpSender ---------------------------------------------------------------------
-
-
-async def test_all_recipients_accepted_is_delivered() -> None:
-    async with recording_smtp_server() as server:
-        sender = sender_for(server.url)
-        try:
-            result = await sender.send(message_to("a@example.com", "b@example.com"), ["a@example.com", "b@example.com"])
-        finally:
-            await sender.close()
-        assert result == SendResult(AckStatus.DELIVERED, "", {})
-        [(received, recipients)] = await server.wait_for(1, WAIT)
-        assert recipients == ["a@example.com", "b@example.com"]
-        assert received["Subject"] == "Reminder: test"
-
-
-async def test_some_recipients_refused_is_delivered_with_the_rejections() -> None:
-    replies = {"ghost@example.com": "550 5.1.1 no such user"}
-    async with recording_smtp_server(reply_for=refuse(replies)) as server:
-        sender = sender_for(server.url)
-        try:
-            result = await sender.send(message_to("a@example.com"), ["a@example.com", "ghost@example.com"])
-        finally:
-            await sender.close()
-        assert result.status is AckStatus.DELIVERED
-        assert result.rejected == {"ghost@example.com": "550 5.1.1 no such user"}
-        assert "1 of 2" in result.reason
-        assert "550 5.1.1 no such user" in result.reason
-        [(_msg, recipients)] = await server.wait_for(1, WAIT)
-        assert recipients == ["a@example.com"]
-
-
-async def test_every_recipient_refused_permanently_is_failed() -> None:
-    replies = {"x@example.com": "550 5.1.1 no such user", "y@example.com": "553 5.1.3 bad mailbox"}
-    async with recording_smtp_server(reply_for=refuse(replies)) as server:
-        sender = sender_for(server.url)
-        try:
-            result = await sender.send(message_to("x@example.com"), ["x@example.com", "y@example.com"])
-        finally:
-            await sender.close()
-        assert result.status is AckStatus.FAILED
-        assert "550 5.1.1 no such user" in result.reason
-        assert "553 5.1.3 bad mailbox" in result.reason
-        assert set(result.rejected) == {"x@example.com", "y@example.com"}
-        assert server.messages == []
-
-
-async def test_temporary_refusal_is_retry() -> None:
-    async with recording_smtp_server(reply_for=lambda _address: "451 4.3.0 try later") as server:
-        sender = sender_for(server.url)
-        try:
-            result = await sender.send(message_to("a@example.com"), ["a@example.com"])
-        finally:
-            await sender.close()
-        assert result.status is AckStatus.RETRY
-        assert "451 4.3.0 try later" in result.reason
-        assert server.messages == []
-
-
-async def test_invalid_address_is_refused_without_asking_the_server() -> None:
-    async with recording_smtp_server() as server:
-        sender = sender_for(server.url)
-        try:
-            only_bad = await sender.send(message_to("a@example.com"), ["a@example.com\r\nRSET"])
-            mixed = await sender.send(message_to("a@example.com"), ["a@example.com", "no address"])
-        finally:
-            await sender.close()
-        assert only_bad.status is AckStatus.FAILED
-        assert mixed.status is AckStatus.DELIVERED
-        assert mixed.rejected == {"no address": "not a valid address"}
-        [(_msg, recipients)] = await server.wait_for(1, WAIT)
-        assert recipients == ["a@example.com"]
-
-
-async def test_connection_refused_is_retry() -> None:
-    sender = sender_for(f"smtp://127.0.0.1:{free_port()}")
-    result = await sender.send(message_to("a@example.com"), ["a@example.com"])
-    await sender.close()
-    assert result.status is AckStatus.RETRY
-    assert "127.0.0.1" in result.reason
-
-
-async def test_slow_server_hits_the_deadline_and_is_retry() -> None:
-    async with recording_smtp_server(delay=1.0) as server:
-        sender = sender_for(server.url, deadline=0.3)
-        try:
-            result = await asyncio.wait_for(sender.send(message_to("a@example.com"), ["a@example.com"]), WAIT)
-        finally:
-            await sender.close()
-        assert result.status is AckStatus.RETRY
-        assert "deadline" in result.reason
-
-
-async def test_connection_is_reused_then_reopened_after_the_server_drops_it() -> None:
-    async with recording_smtp_server() as server:
-        sender = sender_for(server.url)
-        try:
-            for _ in range(2):
-                assert (await sender.send(message_to("a@example.com"), ["a@example.com"])).status is AckStatus.DELIVERED
-            assert server.connections == 1
-            await server.drop_connections()
-            result = await sender.send(message_to("a@example.com"), ["a@example.com"])
-        finally:
-            await sender.close()
-        assert result.status is AckStatus.DELIVERED
-        assert server.connections == 2
-        await server.wait_for(3, WAIT)
-
-
-async def test_dead_connection_is_replaced_within_the_same_send() -> None:
-    async with recording_smtp_server() as server:
-        sender = sender_for(server.url)
-        try:
-            assert (await sender.send(message_to("a@example.com"), ["a@example.com"])).status is AckStatus.DELIVERED
-            # Close the server side without letting the client notice before it sends.
-            for session in list(server._sessions):
-                assert isinstance(session.transport, asyncio.Transport)
-                session.transport.abort()
-            result = await sender.send(message_to("a@example.com"), ["a@example.com"])
-        finally:
-            await sender.close()
-        assert result.status is AckStatus.DELIVERED
-        await server.wait_for(2, WAIT)
-
-
-async def test_a_failure_drops_the_connection() -> None:
-    replies = {"later@example.com": "451 4.3.0 try later"}
-    async with recording_smtp_server(reply_for=refuse(replies)) as server:
-        sender = sender_for(server.url)
-        try:
-            retry = await sender.send(message_to("later@example.com"), ["later@example.com"])
-            delivered = await sender.send(message_to("a@example.com"), ["a@example.com"])
-        finally:
-            await sender.close()
-        assert (retry.status, delivered.status) == (AckStatus.RETRY, AckStatus.DELIVERED)
-        assert server.connections == 2
-
-
-# --- TLS ----------------------------------------------------------------------------
-
-
-class _Accept:
-    def __init__(self) -> None:
-        self.received: list[list[str]] = []
-
-    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
-        self.received.append(list(envelope.rcpt_tos))
-        return "250 OK"
-
-
-@contextlib.asynccontextmanager
-async def tls_server(ca: trustme.CA, *, implicit: bool) -> AsyncIterator[tuple[int, _Accept]]:
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-    handler = _Accept()
-    loop = asyncio.get_running_loop()
-    sessions: list[SMTP] = []
-
-    def factory() -> SMTP:
-        if implicit:
-            session = SMTP(handler, hostname="tls-test", loop=loop)
-        else:
-            session = SMTP(handler, hostname="tls-test", tls_context=server_ctx, require_starttls=True, loop=loop)
-        sessions.append(session)
-        return session
-
-    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=server_ctx if implicit else None)
-    try:
-        yield int(server.sockets[0].getsockname()[1]), handler
-    finally:
-        server.close()
-        for session in sessions:
-            if session.transport is not None:
-                session.transport.close()
-        await asyncio.sleep(0)
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-def trusting(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
-
-
-@pytest.mark.parametrize(("scheme", "implicit"), [("smtp+starttls", False), ("smtps", True)])
-async def test_tls_with_a_trusted_certificate_delivers(ca: trustme.CA, scheme: str, implicit: bool) -> None:
-    async with tls_server(ca, implicit=implicit) as (port, handler):
-        sender = sender_for(f"{scheme}://127.0.0.1:{port}", tls_context=trusting(ca))
-        try:
-            result = await sender.send(message_to("a@example.com"), ["a@example.com"])
-        finally:
-            await sender.close()
-    assert result.status is AckStatus.DELIVERED, result.reason
-    assert handler.received == [["a@example.com"]]
-
-
-@pytest.mark.parametrize(("scheme", "implicit"), [("smtp+starttls", False), ("smtps", True)])
-async def test_tls_with_an_untrusted_certificate_is_retry(ca: trustme.CA, scheme: str, implicit: bool) -> None:
-    async with tls_server(ca, implicit=implicit) as (port, handler):
-        sender = sender_for(f"{scheme}://127.0.0.1:{port}")  # the system trust store: our CA is unknown
-        try:
-            result = await sender.send(message_to("a@example.com"), ["a@example.com"])
-        finally:
-            await sender.close()
-    assert result.status is AckStatus.RETRY
-    assert "certificate" in result.reason.lower()
-    assert handler.received == []
-
-
-async def test_starttls_required_never_falls_back_to_plain_text() -> None:
-    async with recording_smtp_server() as server:  # offers no STARTTLS
-        sender = sender_for(f"smtp+starttls://127.0.0.1:{server.port}")
-        try:
-            result = await sender.send(message_to("a@example.com"), ["a@example.com"])
-        finally:
-            await sender.close()
-        assert result.status is AckStatus.RETRY
-        assert "STARTTLS" in result.reason
-        assert server.messages == []
 
 
 # --- Notifier over the in-process bus ------------------------------------------------
@@ -312,17 +77,17 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def running_notifier(**server_options: Any) -> AsyncIterator[Harness]:
+async def running_notifier(
+    *, notifyd: NotifydSettings = COLLEAGUES, directory: Directory | None = None, **server_options: Any
+) -> AsyncIterator[Harness]:
     async with recording_smtp_server(**server_options) as server:
         settings = Settings(
-            smtp=SmtpSettings(
-                url=server.url, sender="Reminders <calalarm@example.com>", timeout=2.0, allow_plaintext=True
-            )
+            smtp=SmtpSettings(url=server.url, sender=SENDER, timeout=2.0, allow_plaintext=True), notifyd=notifyd
         )
         bus = MemoryBus()
         await bus.start()
         sender = SmtpSender(settings.smtp)
-        notifier = Notifier(bus, sender, settings, clock=lambda: NOW)
+        notifier = Notifier(bus, sender, settings, clock=lambda: NOW, directory=directory)
         harness = Harness(bus, notifier, server)
         notifier.on_delivered = lambda payload, ref: harness.delivered.append((payload, ref))
 
@@ -342,7 +107,7 @@ async def running_notifier(**server_options: Any) -> AsyncIterator[Harness]:
 
 async def test_notification_is_emailed_and_acked_delivered() -> None:
     async with running_notifier() as h:
-        sent = notification(alarm_payload(recipients=["bob@example.com"]), "42:1")
+        sent = notification(alarm_payload(action="EMAIL", recipients=["bob@example.com"]), "42:1")
         await h.bus.publish(sent)
         ack = await h.next_ack()
         assert (ack.renl_id, ack.status, ack.reason) == ("42:1", AckStatus.DELIVERED, "")
@@ -366,17 +131,110 @@ async def test_owner_gets_the_reminder_when_no_recipients_are_named() -> None:
         assert message["Subject"] == "To-do reminder: File taxes"
 
 
-async def test_invalid_payload_is_acked_failed_and_the_subscription_keeps_working() -> None:
+async def test_a_display_alarm_goes_to_the_owner_whatever_its_recipients() -> None:
     async with running_notifier() as h:
-        await h.bus.publish(notification({"v": 1, "calid": "jac"}, "1:1"))
+        await h.bus.publish(notification(alarm_payload(action="DISPLAY", recipients=["bob@example.com"]), "8:1"))
+        assert (await h.next_ack()).status is AckStatus.DELIVERED
+        [(_message, recipients)] = await h.server.wait_for(1, WAIT)
+        assert recipients == ["jac@example.com"]
+
+
+async def test_display_alarm_without_owner_goes_to_the_directory_owner_in_their_language() -> None:
+    directory = Directory({"jac": DirectoryEntry(owner="jac@example.com", locale="de")})
+    async with running_notifier(directory=directory) as h:
+        await h.bus.publish(notification(alarm_payload(owner="", locale=""), "10:1"))
+        ack = await h.next_ack()
+        assert (ack.status, ack.reason) == (AckStatus.DELIVERED, "")
+        [(message, recipients)] = await h.server.wait_for(1, WAIT)
+        assert recipients == ["jac@example.com"]
+        assert message["To"] == "jac@example.com"
+        assert message["Subject"] == "Erinnerung: Team meeting"
+        assert message["Content-Language"] == "de"
+        text = message.get_body(("plain",))
+        assert text is not None
+        assert "Diese Erinnerung wurde automatisch" in text.get_content()
+
+
+def without(payload: dict[str, Any], name: str) -> dict[str, Any]:
+    return {k: v for k, v in payload.items() if k != name}
+
+
+BAD_PAYLOADS = {
+    "only calid": ({"v": 1, "calid": "jac"}, "payload lacks 'uid'"),
+    "no trigger": (without(alarm_payload(), "trigger"), "payload lacks 'trigger'"),
+    "no action": (without(alarm_payload(), "action"), "payload lacks 'action'"),
+    "uid a number": (alarm_payload(uid=5), "payload 'uid' must be a string"),
+    "summary null": (alarm_payload(summary=None), "payload 'summary' must be a string"),
+    "recipients a string": (
+        alarm_payload(action="EMAIL", recipients="bob@example.com"),
+        "payload 'recipients' must be a list of strings",
+    ),
+    "recipients with a number": (
+        alarm_payload(action="EMAIL", recipients=["bob@example.com", 7]),
+        "payload 'recipients' must be a list of strings",
+    ),
+    "component journal": (alarm_payload(component="journal"), "payload 'component' must be event or todo"),
+    "trigger not ISO": (alarm_payload(trigger="tomorrow at 9"), "is not an ISO 8601 UTC instant"),
+    "trigger without offset": (alarm_payload(trigger="2026-11-23T09:45:00"), "is not an ISO 8601 UTC instant"),
+    "version 2": (alarm_payload(v=2), "payload version 2 is not 1"),
+    "no version": (without(alarm_payload(), "v"), "payload version None is not 1"),
+}
+
+
+@pytest.mark.parametrize(("payload", "expected"), list(BAD_PAYLOADS.values()), ids=list(BAD_PAYLOADS))
+async def test_invalid_payload_is_acked_failed_and_the_subscription_keeps_working(
+    payload: dict[str, Any], expected: str
+) -> None:
+    async with running_notifier() as h:
+        await h.bus.publish(notification(payload, "1:1"))
         bad = await h.next_ack()
         assert (bad.renl_id, bad.status) == ("1:1", AckStatus.FAILED)
-        assert "payload lacks 'uid'" in bad.reason
+        assert bad.reason.startswith("invalid payload: ")
+        assert expected in bad.reason
         await h.bus.publish(notification(alarm_payload(), "2:1"))
         good = await h.next_ack()
         assert (good.renl_id, good.status) == ("2:1", AckStatus.DELIVERED)
         assert (h.notifier.failed, h.notifier.delivered) == (1, 1)
         await h.server.wait_for(1, WAIT)
+        assert len(h.server.messages) == 1
+        assert h.server.mail_commands == 1
+        assert h.delivered == [(AlarmPayload.from_dict(alarm_payload()), str(notification(alarm_payload(), "").ref))]
+
+
+async def test_recipients_outside_the_allowed_domains_only_is_failed_and_nothing_is_sent() -> None:
+    outsiders = ["eve@evil.test", "Mallory <mallory@example.com.evil.test>"]
+    async with running_notifier() as h:
+        await h.bus.publish(notification(alarm_payload(action="EMAIL", recipients=outsiders), "11:1"))
+        ack = await h.next_ack()
+        assert ack.status is AckStatus.FAILED
+        assert ack.reason.startswith("all 2 recipients refused: ")
+        assert f"eve@evil.test: {NOT_ALLOWED}" in ack.reason
+        assert f"mallory@example.com.evil.test: {NOT_ALLOWED}" in ack.reason
+        assert h.server.connections == 0
+        assert h.server.messages == []
+
+
+async def test_mixed_recipients_are_delivered_to_the_allowed_ones_with_the_others_rejected() -> None:
+    named = ["bob@example.com", "eve@evil.test", "Carol <carol@example.com>"]
+    async with running_notifier() as h:
+        await h.bus.publish(notification(alarm_payload(action="EMAIL", recipients=named), "12:1"))
+        ack = await h.next_ack()
+        assert ack.status is AckStatus.DELIVERED
+        assert ack.reason == f"delivered to 2 of 3 recipients; refused: eve@evil.test: {NOT_ALLOWED}"
+        [(message, recipients)] = await h.server.wait_for(1, WAIT)
+        assert recipients == ["bob@example.com", "carol@example.com"]
+        assert "evil.test" not in message.as_string()
+
+
+async def test_by_default_only_the_owner_may_be_mailed() -> None:
+    named = ["jac@example.com", "bob@example.com"]
+    async with running_notifier(notifyd=NotifydSettings()) as h:
+        await h.bus.publish(notification(alarm_payload(action="EMAIL", recipients=named), "13:1"))
+        ack = await h.next_ack()
+        assert ack.status is AckStatus.DELIVERED
+        assert f"bob@example.com: {NOT_ALLOWED}" in ack.reason
+        [(_message, recipients)] = await h.server.wait_for(1, WAIT)
+        assert recipients == ["jac@example.com"]
 
 
 async def test_no_recipient_is_acked_failed() -> None:
@@ -392,9 +250,9 @@ async def test_smtp_outcomes_reach_the_ack(caplog: pytest.LogCaptureFixture) -> 
     caplog.set_level(logging.INFO, logger="notifyd")
     replies = {"gone@example.com": "550 5.1.1 no such user", "busy@example.com": "452 4.2.2 mailbox full"}
     async with running_notifier(reply_for=refuse(replies)) as h:
-        await h.bus.publish(notification(alarm_payload(recipients=["gone@example.com"]), "5:1"))
+        await h.bus.publish(notification(alarm_payload(action="EMAIL", recipients=["gone@example.com"]), "5:1"))
         failed = await h.next_ack()
-        await h.bus.publish(notification(alarm_payload(recipients=["busy@example.com"]), "5:2"))
+        await h.bus.publish(notification(alarm_payload(action="EMAIL", recipients=["busy@example.com"]), "5:2"))
         retry = await h.next_ack()
         assert (failed.status, retry.status) == (AckStatus.FAILED, AckStatus.RETRY)
         assert "550 5.1.1" in failed.reason
@@ -429,7 +287,7 @@ async def test_catcher_files_each_message_and_reports_it(tmp_path: Path) -> None
         "127.0.0.1", 0, tmp_path / "mail", lambda msg, path: seen.append((msg["Subject"], path))
     )
     try:
-        sender = sender_for(catcher.url)
+        sender = SmtpSender(SmtpSettings(url=catcher.url, sender=SENDER, timeout=2.0, allow_plaintext=True))
         try:
             for n in range(2):
                 result = await sender.send(message_to("a@example.com", subject=f"n{n}"), ["a@example.com"])

@@ -1,0 +1,566 @@
+"""SmtpSender against real aiosmtpd servers: outcomes, TLS, AUTH, the pool, the deadline, the rate limit."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import trustme
+
+from common.ens.envelope import AckStatus
+from common.settings import SmtpSettings
+from notifyd.smtp import SendResult, SmtpSender
+from tests.smtp_server import RecordingSmtpServer, client_tls_context, recording_smtp_server, server_tls_context
+
+WAIT = 3.0
+TIMEOUT = 2.0  # per SMTP operation
+LOGIN = "user"
+PASSWORD = "pa55-Wörd-7f3c9e"  # distinctive, so that any leak is found by a substring search
+SENDER = "Reminders <calalarm@example.com>"
+
+
+def message_to(*recipients: str, subject: str = "Reminder: test") -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "calalarm@example.com"
+    message["To"] = ", ".join(recipients)
+    message["Subject"] = subject
+    message.set_content("hello\n")
+    return message
+
+
+def smtp_settings(url: str, **changes: Any) -> SmtpSettings:
+    """Test settings: plain text allowed for ``smtp://`` (the recording server has no TLS) and only there."""
+    changes.setdefault("allow_plaintext", url.startswith("smtp://"))
+    changes.setdefault("timeout", TIMEOUT)
+    return SmtpSettings(url=url, sender=SENDER, **changes)
+
+
+def sender_for(
+    url: str, *, tls_context: ssl.SSLContext | None = None, deadline: float | None = None, **changes: Any
+) -> SmtpSender:
+    return SmtpSender(smtp_settings(url, **changes), tls_context=tls_context, deadline=deadline)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def refuse(replies: dict[str, str]) -> Callable[[str], str | None]:
+    return lambda address: replies.get(address)
+
+
+async def send_one(sender: SmtpSender, *recipients: str) -> SendResult:
+    recipients = recipients or ("a@example.com",)
+    return await sender.send(message_to(*recipients), list(recipients))
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
+    return server_tls_context(ca)
+
+
+@pytest.fixture(scope="module")
+def trusting(ca: trustme.CA) -> ssl.SSLContext:
+    return client_tls_context(ca)
+
+
+# --- what the server answers ---------------------------------------------------------
+
+
+async def test_all_recipients_accepted_is_delivered() -> None:
+    async with recording_smtp_server() as server:
+        sender = sender_for(server.url)
+        try:
+            result = await sender.send(message_to("a@example.com", "b@example.com"), ["a@example.com", "b@example.com"])
+        finally:
+            await sender.close()
+        assert result == SendResult(AckStatus.DELIVERED, "", {})
+        [(received, recipients)] = await server.wait_for(1, WAIT)
+        assert recipients == ["a@example.com", "b@example.com"]
+        assert received["Subject"] == "Reminder: test"
+        assert server.envelopes[0].mail_from == "calalarm@example.com"  # the envelope sender: the bare address
+
+
+async def test_some_recipients_refused_is_delivered_with_only_the_refused_ones_listed() -> None:
+    replies = {"ghost@example.com": "550 5.1.1 no such user"}
+    async with recording_smtp_server(reply_for=refuse(replies)) as server:
+        sender = sender_for(server.url)
+        try:
+            result = await send_one(sender, "a@example.com", "ghost@example.com", "b@example.com")
+        finally:
+            await sender.close()
+        assert result.status is AckStatus.DELIVERED
+        assert result.rejected == {"ghost@example.com": "550 5.1.1 no such user"}
+        assert "2 of 3" in result.reason
+        assert "ghost@example.com: 550 5.1.1 no such user" in result.reason
+        assert "a@example.com" not in result.reason.replace("ghost@", "")
+        assert "b@example.com" not in result.reason
+        [(_msg, recipients)] = await server.wait_for(1, WAIT)
+        assert recipients == ["a@example.com", "b@example.com"]
+
+
+async def test_every_recipient_refused_permanently_is_failed_with_the_replies() -> None:
+    replies = {"x@example.com": "550 5.1.1 no such user", "y@example.com": "553 5.1.3 bad mailbox"}
+    async with recording_smtp_server(reply_for=refuse(replies)) as server:
+        sender = sender_for(server.url)
+        try:
+            result = await send_one(sender, "x@example.com", "y@example.com")
+        finally:
+            await sender.close()
+        assert result.status is AckStatus.FAILED
+        assert "550 5.1.1 no such user" in result.reason
+        assert "553 5.1.3 bad mailbox" in result.reason
+        assert set(result.rejected) == {"x@example.com", "y@example.com"}
+        assert server.messages == []
+
+
+async def test_temporary_refusal_of_rcpt_is_retry() -> None:
+    async with recording_smtp_server(reply_for=lambda _address: "451 4.3.0 try later") as server:
+        sender = sender_for(server.url)
+        try:
+            result = await send_one(sender)
+        finally:
+            await sender.close()
+        assert result.status is AckStatus.RETRY
+        assert "451 4.3.0 try later" in result.reason
+        assert server.messages == []
+
+
+async def test_every_recipient_refused_some_temporarily_is_retry() -> None:
+    replies = {"x@example.com": "550 5.1.1 no such user", "y@example.com": "452 4.2.2 mailbox full"}
+    async with recording_smtp_server(reply_for=refuse(replies)) as server:
+        sender = sender_for(server.url)
+        try:
+            result = await send_one(sender, "x@example.com", "y@example.com")
+        finally:
+            await sender.close()
+        assert result.status is AckStatus.RETRY
+        assert "452 4.2.2 mailbox full" in result.reason
+        assert server.messages == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "status"), [("451 4.3.0 queue full", AckStatus.RETRY), ("554 5.6.0 content rejected", AckStatus.FAILED)]
+)
+async def test_a_refusal_of_the_message_data_is_retry_or_failed(reply: str, status: AckStatus) -> None:
+    async with recording_smtp_server(data_reply=reply) as server:
+        sender = sender_for(server.url)
+        try:
+            result = await send_one(sender)
+        finally:
+            await sender.close()
+        assert result.status is status
+        assert result.reason == f"message refused: {reply}"
+        assert server.messages == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "status"), [("451 4.3.0 try again later", AckStatus.RETRY), ("553 5.7.1 sender denied", AckStatus.FAILED)]
+)
+async def test_a_refusal_of_the_sender_is_retry_or_failed(reply: str, status: AckStatus) -> None:
+    async with recording_smtp_server(mail_reply=reply) as server:
+        sender = sender_for(server.url)
+        try:
+            result = await send_one(sender)
+        finally:
+            await sender.close()
+        assert result.status is status
+        assert reply.split()[0] in result.reason
+        assert server.messages == []
+
+
+async def test_invalid_address_is_refused_without_asking_the_server() -> None:
+    async with recording_smtp_server() as server:
+        sender = sender_for(server.url)
+        try:
+            only_bad = await sender.send(message_to("a@example.com"), ["a@example.com\r\nRSET"])
+            mixed = await sender.send(message_to("a@example.com"), ["a@example.com", "no address"])
+        finally:
+            await sender.close()
+        assert only_bad.status is AckStatus.FAILED
+        assert mixed.status is AckStatus.DELIVERED
+        assert mixed.rejected == {"no address": "not a valid address"}
+        [(_msg, recipients)] = await server.wait_for(1, WAIT)
+        assert recipients == ["a@example.com"]
+        assert server.mail_commands == 1  # the bad-only message never reached the server
+
+
+async def test_connection_refused_is_retry() -> None:
+    sender = sender_for(f"smtp://127.0.0.1:{free_port()}")
+    result = await send_one(sender)
+    await sender.close()
+    assert result.status is AckStatus.RETRY
+    assert "127.0.0.1" in result.reason
+
+
+# --- the deadline and dropped connections --------------------------------------------
+
+
+async def test_slow_server_hits_the_deadline_and_is_retry_on_time() -> None:
+    deadline = 0.3
+    async with recording_smtp_server(delay=2.0) as server:
+        sender = sender_for(server.url, deadline=deadline)
+        try:
+            started = time.monotonic()
+            result = await asyncio.wait_for(send_one(sender), WAIT)
+            elapsed = time.monotonic() - started
+        finally:
+            await sender.close()
+        assert result.status is AckStatus.RETRY
+        assert "deadline" in result.reason
+        assert deadline - 0.05 <= elapsed < deadline + 0.5
+        assert server.messages == []
+        assert sender.open_connections == 0  # the session cut off mid-DATA is not reused
+
+
+@pytest.mark.parametrize("via", ["argument", "settings"])
+async def test_deadline_counts_the_wait_for_a_free_connection(via: str) -> None:
+    # One connection, 0.5 s per message, 0.7 s per message at most: the second message would
+    # be in time if only its own session counted, but it waits ~0.5 s for the connection first.
+    async with recording_smtp_server(delay=0.5) as server:
+        if via == "argument":
+            sender = sender_for(server.url, deadline=0.7, pool_size=1)
+        else:
+            sender = SmtpSender(smtp_settings(server.url, deadline=0.7, timeout=0.7, pool_size=1))
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(send_one(sender), send_one(sender))
+            elapsed = time.monotonic() - started
+        finally:
+            await sender.close()
+        statuses = sorted(result.status for result in results)
+        assert statuses == [AckStatus.DELIVERED, AckStatus.RETRY], results
+        [retry] = [result for result in results if result.status is AckStatus.RETRY]
+        assert "deadline" in retry.reason
+        assert "0.7s" in retry.reason
+        assert elapsed < 0.7 + 0.5
+        assert len(server.messages) == 1
+
+
+async def test_connection_dropped_mid_session_is_retry_and_the_next_send_reconnects() -> None:
+    async with recording_smtp_server() as server:
+        server.drop_next_data = 1
+        sender = sender_for(server.url)
+        try:
+            lost = await send_one(sender)
+            assert sender.open_connections == 0
+            delivered = await send_one(sender)
+        finally:
+            await sender.close()
+        assert lost.status is AckStatus.RETRY
+        assert "connection lost" in lost.reason
+        assert delivered.status is AckStatus.DELIVERED
+        assert server.connections == 2
+        assert len(server.messages) == 1
+
+
+async def test_connection_is_reused_then_reopened_after_the_server_drops_it() -> None:
+    async with recording_smtp_server() as server:
+        sender = sender_for(server.url)
+        try:
+            for _ in range(2):
+                assert (await send_one(sender)).status is AckStatus.DELIVERED
+            assert server.connections == 1
+            await server.drop_connections()
+            result = await send_one(sender)
+        finally:
+            await sender.close()
+        assert result.status is AckStatus.DELIVERED
+        assert server.connections == 2
+        await server.wait_for(3, WAIT)
+
+
+async def test_dead_connection_is_replaced_within_the_same_send() -> None:
+    async with recording_smtp_server() as server:
+        sender = sender_for(server.url)
+        try:
+            assert (await send_one(sender)).status is AckStatus.DELIVERED
+            # Close the server side without letting the client notice before it sends.
+            for session in list(server._sessions):
+                assert isinstance(session.transport, asyncio.Transport)
+                session.transport.abort()
+            result = await send_one(sender)
+        finally:
+            await sender.close()
+        assert result.status is AckStatus.DELIVERED
+        assert server.connections == 2
+        await server.wait_for(2, WAIT)
+
+
+async def test_a_failure_drops_the_connection() -> None:
+    replies = {"later@example.com": "451 4.3.0 try later"}
+    async with recording_smtp_server(reply_for=refuse(replies)) as server:
+        sender = sender_for(server.url)
+        try:
+            retry = await send_one(sender, "later@example.com")
+            delivered = await send_one(sender)
+        finally:
+            await sender.close()
+        assert (retry.status, delivered.status) == (AckStatus.RETRY, AckStatus.DELIVERED)
+        assert server.connections == 2
+
+
+# --- the pool and the rate limit -----------------------------------------------------
+
+
+async def test_sequential_sends_reuse_one_warm_connection() -> None:
+    async with recording_smtp_server() as server:
+        sender = sender_for(server.url, pool_size=4)
+        try:
+            for _ in range(5):
+                assert (await send_one(sender)).status is AckStatus.DELIVERED
+            assert sender.open_connections == 1
+        finally:
+            await sender.close()
+        assert server.connections == 1
+        assert len(server.messages) == 5
+        assert sender.open_connections == 0  # closed by close()
+
+
+async def test_pool_sends_concurrently_on_at_most_pool_size_connections() -> None:
+    delay, count = 0.2, 10
+    async with recording_smtp_server(delay=delay) as server:
+        sender = sender_for(server.url, pool_size=3)
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(*(send_one(sender, f"u{n}@example.com") for n in range(count)))
+            elapsed = time.monotonic() - started
+            assert sender.open_connections <= 3
+        finally:
+            await sender.close()
+        assert [r.status for r in results] == [AckStatus.DELIVERED] * count, results
+        assert len(server.messages) == count
+        assert server.connections <= 3
+        assert server.peak_in_data >= 2
+        assert elapsed < count * delay
+
+
+async def test_rate_limit_spaces_messages_after_the_burst() -> None:
+    count = 25
+    async with recording_smtp_server() as server:
+        limited = sender_for(server.url, rate_limit=20.0, rate_burst=5)
+        free = sender_for(server.url)
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(*(send_one(limited) for _ in range(count)))
+            limited_elapsed = time.monotonic() - started
+            started = time.monotonic()
+            results += await asyncio.gather(*(send_one(free) for _ in range(count)))
+            free_elapsed = time.monotonic() - started
+        finally:
+            await limited.close()
+            await free.close()
+        assert all(r.status is AckStatus.DELIVERED for r in results), results
+        assert len(server.messages) == 2 * count
+    # 5 at once, then 20 more at 20 a second: 1.0 s, give or take the bucket's rounding;
+    # well under 2 s, which half the rate would take.
+    assert 0.9 <= limited_elapsed < 1.6, limited_elapsed
+    # without the limit the same 25 go as fast as the server takes them (~0.1 s; more on a busy machine)
+    assert free_elapsed < limited_elapsed - 0.3, (free_elapsed, limited_elapsed)
+
+
+async def test_rate_limit_lets_a_burst_through_at_once() -> None:
+    async with recording_smtp_server() as server:
+        sender = sender_for(server.url, rate_limit=1.0, rate_burst=5)
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(*(send_one(sender) for _ in range(5)))
+            elapsed = time.monotonic() - started
+        finally:
+            await sender.close()
+        assert all(r.status is AckStatus.DELIVERED for r in results), results
+        assert elapsed < 0.9  # at 1/s without a burst, five would take four seconds
+
+
+# --- TLS -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("scheme", "implicit"), [("smtp", False), ("smtp+starttls", False), ("smtps", True)])
+async def test_tls_with_a_trusted_certificate_delivers_encrypted(
+    server_context: ssl.SSLContext, trusting: ssl.SSLContext, scheme: str, implicit: bool
+) -> None:
+    async with recording_smtp_server(
+        tls=server_context, implicit_tls=implicit, require_starttls=not implicit
+    ) as server:
+        # smtp:// means STARTTLS required, as smtp+starttls://
+        sender = sender_for(server.url_with(scheme), tls_context=trusting, allow_plaintext=False)
+        try:
+            result = await send_one(sender)
+        finally:
+            await sender.close()
+        assert result.status is AckStatus.DELIVERED, result.reason
+        [(_msg, recipients)] = await server.wait_for(1, WAIT)
+        assert recipients == ["a@example.com"]
+        assert server.envelopes[0].tls
+
+
+@pytest.mark.parametrize(("scheme", "implicit"), [("smtp+starttls", False), ("smtps", True)])
+async def test_tls_with_an_untrusted_certificate_is_retry(
+    server_context: ssl.SSLContext, scheme: str, implicit: bool
+) -> None:
+    async with recording_smtp_server(tls=server_context, implicit_tls=implicit) as server:
+        sender = sender_for(server.url_with(scheme))  # the system trust store: our CA is unknown
+        try:
+            result = await send_one(sender)
+        finally:
+            await sender.close()
+        assert result.status is AckStatus.RETRY
+        assert "certificate" in result.reason.lower()
+        assert server.mail_commands == 0
+        assert server.messages == []
+
+
+async def test_certificate_for_another_host_is_retry(ca: trustme.CA, trusting: ssl.SSLContext) -> None:
+    async with recording_smtp_server(tls=server_tls_context(ca, "mail.example.org")) as server:
+        sender = sender_for(server.url_with("smtp+starttls"), tls_context=trusting)
+        try:
+            result = await send_one(sender)
+        finally:
+            await sender.close()
+        assert result.status is AckStatus.RETRY
+        assert server.mail_commands == 0
+
+
+@pytest.mark.parametrize("scheme", ["smtp", "smtp+starttls"])
+async def test_starttls_required_never_falls_back_to_plain_text(scheme: str) -> None:
+    async with recording_smtp_server() as server:  # offers no STARTTLS
+        sender = sender_for(server.url_with(scheme), allow_plaintext=False)
+        try:
+            result = await send_one(sender)
+        finally:
+            await sender.close()
+        assert result.status is AckStatus.RETRY
+        assert "STARTTLS" in result.reason
+        assert server.mail_commands == 0
+        assert server.messages == []
+
+
+# --- AUTH ----------------------------------------------------------------------------
+
+
+def auth_server(
+    server_context: ssl.SSLContext, *, implicit: bool = False
+) -> AbstractAsyncContextManager[RecordingSmtpServer]:
+    return recording_smtp_server(tls=server_context, implicit_tls=implicit, credentials={LOGIN: PASSWORD})
+
+
+@pytest.mark.parametrize("source", ["setting", "password_file", "credentials_directory", "url"])
+async def test_auth_over_starttls_delivers_with_the_password_from_each_source(
+    server_context: ssl.SSLContext,
+    trusting: ssl.SSLContext,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    async with auth_server(server_context) as server:
+        url, changes = server.url_with("smtp+starttls"), dict[str, Any](username=LOGIN)
+        if source == "setting":
+            changes["password"] = PASSWORD
+        elif source == "password_file":
+            (tmp_path / "pw").write_text(PASSWORD + "\n", encoding="utf-8")
+            changes["password_file"] = str(tmp_path / "pw")
+        elif source == "credentials_directory":
+            (tmp_path / "smtp-password").write_text(PASSWORD + "\n", encoding="utf-8")
+            monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+        else:
+            url, changes = server.url_with("smtp+starttls", f"{LOGIN}:{quote(PASSWORD, safe='')}"), {}
+        sender = sender_for(url, tls_context=trusting, **changes)
+        try:
+            result = await send_one(sender)
+        finally:
+            await sender.close()
+        assert result.status is AckStatus.DELIVERED, result.reason
+        assert server.auth_attempts == [(LOGIN, True)]
+        [facts] = server.envelopes
+        assert (facts.tls, facts.login) == (True, LOGIN)
+
+
+async def test_auth_over_implicit_tls_delivers(server_context: ssl.SSLContext, trusting: ssl.SSLContext) -> None:
+    async with auth_server(server_context, implicit=True) as server:
+        sender = sender_for(server.url_with("smtps"), tls_context=trusting, username=LOGIN, password=PASSWORD)
+        try:
+            result = await send_one(sender)
+        finally:
+            await sender.close()
+        assert result.status is AckStatus.DELIVERED, result.reason
+        assert server.envelopes[0].login == LOGIN
+
+
+async def test_wrong_password_is_retry_with_auth_refused(
+    server_context: ssl.SSLContext, trusting: ssl.SSLContext
+) -> None:
+    async with auth_server(server_context) as server:
+        sender = sender_for(
+            server.url_with("smtp+starttls"), tls_context=trusting, username=LOGIN, password="not-" + PASSWORD
+        )
+        try:
+            result = await send_one(sender)
+        finally:
+            await sender.close()
+        assert result.status is AckStatus.RETRY
+        assert "AUTH refused" in result.reason
+        assert "535" in result.reason
+        # aiosmtplib tries each mechanism both sides know (PLAIN, LOGIN) before it gives up
+        assert server.auth_attempts
+        assert all(attempt == (LOGIN, False) for attempt in server.auth_attempts)
+        assert server.mail_commands == 0
+
+
+def leaks(text: str, password: str) -> list[str]:
+    """The forms of ``password`` found in ``text``: as is, and as AUTH PLAIN/LOGIN would encode it."""
+    forms = {
+        "plain": password,
+        "login-b64": base64.b64encode(password.encode()).decode(),
+        "plain-b64": base64.b64encode(f"\0{LOGIN}\0{password}".encode()).decode(),
+    }
+    return [name for name, form in forms.items() if form in text]
+
+
+@pytest.mark.parametrize("right", [True, False], ids=["auth-accepted", "auth-refused"])
+async def test_the_password_is_never_logged_nor_in_the_result(
+    server_context: ssl.SSLContext, trusting: ssl.SSLContext, caplog: pytest.LogCaptureFixture, right: bool
+) -> None:
+    password = PASSWORD if right else PASSWORD + "-wrong"
+    caplog.set_level(logging.DEBUG)
+    for name in ("aiosmtplib", "notifyd", "asyncio"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    async with auth_server(server_context) as server:
+        sender = sender_for(server.url_with("smtp+starttls"), tls_context=trusting, username=LOGIN, password=password)
+        try:
+            result = await send_one(sender)
+            # a second message on the same (or, after a refusal, a new) session
+            result2 = await send_one(sender)
+        finally:
+            await sender.close()
+    assert result.status is (AckStatus.DELIVERED if right else AckStatus.RETRY), result.reason
+    assert result2.status is result.status
+    assert caplog.records, "nothing was logged: the check below would prove nothing"
+    for record in caplog.records:
+        # aiosmtpd (the test server, logger mail.log) logs the AUTH LOGIN lines it reads, base64-encoded
+        text = f"{record.getMessage()} {record.args!r} {record.exc_text or ''}"
+        found = leaks(text, password)
+        if record.name.startswith("mail.log"):
+            found = [form for form in found if form == "plain"]
+        assert not found, (record.name, record.levelname, found)
+    assert password not in caplog.text
+    for outcome in (result, result2):
+        assert not leaks(repr(outcome), password)

@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -139,7 +139,7 @@ async def test_unacked_notification_is_republished_and_a_late_ack_removes_it_onc
         await bus.close()
 
 
-def _collect(into: list[Notification]) -> Callable[[Notification], object]:
+def _collect(into: list[Notification]) -> Callable[[Notification], Awaitable[None]]:
     async def handler(notification: Notification) -> None:
         into.append(notification)
 

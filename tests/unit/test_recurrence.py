@@ -231,8 +231,9 @@ def test_thinning_does_not_depend_on_the_window() -> None:
     obj = one(DENSE)
 
     def planned(start: str, end: str) -> set[datetime]:
-        window = {"window_start": utc(start), "window_end": utc(end)}
-        return {p.trigger for p in plan_alarms(obj, calid="c", tz=UTC, **window).alarms}
+        return {
+            p.trigger for p in plan_alarms(obj, calid="c", tz=UTC, window_start=utc(start), window_end=utc(end)).alarms
+        }
 
     whole = planned("2026-12-01T10:00:00Z", "2026-12-01T12:00:00Z")
     pieces = planned("2026-12-01T10:00:00Z", "2026-12-01T10:42:30Z") | planned(

@@ -187,11 +187,7 @@ class Notifier:
         addressing = address_reminder(payload, self._directory.entry(payload.calid), self._policy)
         if not addressing.recipients:
             if addressing.refused:
-                return SendResult(
-                    AckStatus.FAILED,
-                    f"all {len(addressing.refused)} recipients refused: " + list_refusals(addressing.refused),
-                    dict(addressing.refused),
-                )
+                return _with_refusals(SendResult(AckStatus.FAILED), addressing)
             return SendResult(
                 AckStatus.FAILED,
                 "no recipient: the alarm names no attendee and the calendar no owner "

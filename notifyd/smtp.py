@@ -114,10 +114,6 @@ class SmtpSender:
         )
 
     @property
-    def pool_size(self) -> int:
-        return len(self._connections)
-
-    @property
     def open_connections(self) -> int:
         return sum(1 for c in self._connections if c.is_open)
 

@@ -52,6 +52,16 @@ ReplyFor = Callable[[str], str | None]
 DROP_WAIT = 5.0
 
 
+def message_to(*recipients: str, subject: str = "Reminder: test") -> EmailMessage:
+    """A small message for the client side of a test."""
+    message = EmailMessage()
+    message["From"] = "calalarm@example.com"
+    message["To"] = ", ".join(recipients)
+    message["Subject"] = subject
+    message.set_content("hello\n")
+    return message
+
+
 class ReceivedMessage(NamedTuple):
     message: EmailMessage
     recipients: list[str]

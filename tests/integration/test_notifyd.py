@@ -9,7 +9,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +26,13 @@ from notifyd.recipients import NOT_ALLOWED, Directory, DirectoryEntry
 from notifyd.service import Notifier
 from notifyd.smtp import SmtpSender
 from tests.payloads import sample_payload
-from tests.smtp_server import RecordingSmtpServer, recording_smtp_server
+from tests.smtp_server import RecordingSmtpServer, message_to, recording_smtp_server
 
 NOW = datetime(2026, 11, 23, 9, 45, tzinfo=UTC)
 WAIT = 3.0
 SENDER = "Reminders <calalarm@example.com>"
 # Outsiders are not the point of most tests: colleagues at example.com may be mailed.
 COLLEAGUES = NotifydSettings(allowed_domains=("example.com",))
-
-
-def message_to(*recipients: str, subject: str = "Reminder: test") -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = "calalarm@example.com"
-    message["To"] = ", ".join(recipients)
-    message["Subject"] = subject
-    message.set_content("hello\n")
-    return message
 
 
 def refuse(replies: dict[str, str]) -> Callable[[str], str | None]:

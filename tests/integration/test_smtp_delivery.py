@@ -8,9 +8,8 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-from email.message import EmailMessage
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,22 +20,19 @@ import trustme
 from common.ens.envelope import AckStatus
 from common.settings import SmtpSettings
 from notifyd.smtp import SendResult, SmtpSender
-from tests.smtp_server import RecordingSmtpServer, client_tls_context, recording_smtp_server, server_tls_context
+from tests.smtp_server import (
+    RecordingSmtpServer,
+    client_tls_context,
+    message_to,
+    recording_smtp_server,
+    server_tls_context,
+)
 
 WAIT = 3.0
 TIMEOUT = 2.0  # per SMTP operation
 LOGIN = "user"
 PASSWORD = "pa55-Wörd-7f3c9e"  # distinctive, so that any leak is found by a substring search
 SENDER = "Reminders <calalarm@example.com>"
-
-
-def message_to(*recipients: str, subject: str = "Reminder: test") -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = "calalarm@example.com"
-    message["To"] = ", ".join(recipients)
-    message["Subject"] = subject
-    message.set_content("hello\n")
-    return message
 
 
 def smtp_settings(url: str, **changes: Any) -> SmtpSettings:
@@ -50,6 +46,16 @@ def sender_for(
     url: str, *, tls_context: ssl.SSLContext | None = None, deadline: float | None = None, **changes: Any
 ) -> SmtpSender:
     return SmtpSender(smtp_settings(url, **changes), tls_context=tls_context, deadline=deadline)
+
+
+@asynccontextmanager
+async def open_sender(url: str, **options: Any) -> AsyncIterator[SmtpSender]:
+    """:func:`sender_for`, closed on the way out."""
+    sender = sender_for(url, **options)
+    try:
+        yield sender
+    finally:
+        await sender.close()
 
 
 def free_port() -> int:
@@ -87,11 +93,8 @@ def trusting(ca: trustme.CA) -> ssl.SSLContext:
 
 async def test_all_recipients_accepted_is_delivered() -> None:
     async with recording_smtp_server() as server:
-        sender = sender_for(server.url)
-        try:
+        async with open_sender(server.url) as sender:
             result = await sender.send(message_to("a@example.com", "b@example.com"), ["a@example.com", "b@example.com"])
-        finally:
-            await sender.close()
         assert result == SendResult(AckStatus.DELIVERED, "", {})
         [(received, recipients)] = await server.wait_for(1, WAIT)
         assert recipients == ["a@example.com", "b@example.com"]
@@ -102,11 +105,8 @@ async def test_all_recipients_accepted_is_delivered() -> None:
 async def test_some_recipients_refused_is_delivered_with_only_the_refused_ones_listed() -> None:
     replies = {"ghost@example.com": "550 5.1.1 no such user"}
     async with recording_smtp_server(reply_for=refuse(replies)) as server:
-        sender = sender_for(server.url)
-        try:
+        async with open_sender(server.url) as sender:
             result = await send_one(sender, "a@example.com", "ghost@example.com", "b@example.com")
-        finally:
-            await sender.close()
         assert result.status is AckStatus.DELIVERED
         assert result.rejected == {"ghost@example.com": "550 5.1.1 no such user"}
         assert "2 of 3" in result.reason
@@ -120,11 +120,8 @@ async def test_some_recipients_refused_is_delivered_with_only_the_refused_ones_l
 async def test_every_recipient_refused_permanently_is_failed_with_the_replies() -> None:
     replies = {"x@example.com": "550 5.1.1 no such user", "y@example.com": "553 5.1.3 bad mailbox"}
     async with recording_smtp_server(reply_for=refuse(replies)) as server:
-        sender = sender_for(server.url)
-        try:
+        async with open_sender(server.url) as sender:
             result = await send_one(sender, "x@example.com", "y@example.com")
-        finally:
-            await sender.close()
         assert result.status is AckStatus.FAILED
         assert "550 5.1.1 no such user" in result.reason
         assert "553 5.1.3 bad mailbox" in result.reason
@@ -134,11 +131,8 @@ async def test_every_recipient_refused_permanently_is_failed_with_the_replies() 
 
 async def test_temporary_refusal_of_rcpt_is_retry() -> None:
     async with recording_smtp_server(reply_for=lambda _address: "451 4.3.0 try later") as server:
-        sender = sender_for(server.url)
-        try:
+        async with open_sender(server.url) as sender:
             result = await send_one(sender)
-        finally:
-            await sender.close()
         assert result.status is AckStatus.RETRY
         assert "451 4.3.0 try later" in result.reason
         assert server.messages == []
@@ -147,11 +141,8 @@ async def test_temporary_refusal_of_rcpt_is_retry() -> None:
 async def test_every_recipient_refused_some_temporarily_is_retry() -> None:
     replies = {"x@example.com": "550 5.1.1 no such user", "y@example.com": "452 4.2.2 mailbox full"}
     async with recording_smtp_server(reply_for=refuse(replies)) as server:
-        sender = sender_for(server.url)
-        try:
+        async with open_sender(server.url) as sender:
             result = await send_one(sender, "x@example.com", "y@example.com")
-        finally:
-            await sender.close()
         assert result.status is AckStatus.RETRY
         assert "452 4.2.2 mailbox full" in result.reason
         assert server.messages == []
@@ -162,11 +153,8 @@ async def test_every_recipient_refused_some_temporarily_is_retry() -> None:
 )
 async def test_a_refusal_of_the_message_data_is_retry_or_failed(reply: str, status: AckStatus) -> None:
     async with recording_smtp_server(data_reply=reply) as server:
-        sender = sender_for(server.url)
-        try:
+        async with open_sender(server.url) as sender:
             result = await send_one(sender)
-        finally:
-            await sender.close()
         assert result.status is status
         assert result.reason == f"message refused: {reply}"
         assert server.messages == []
@@ -177,11 +165,8 @@ async def test_a_refusal_of_the_message_data_is_retry_or_failed(reply: str, stat
 )
 async def test_a_refusal_of_the_sender_is_retry_or_failed(reply: str, status: AckStatus) -> None:
     async with recording_smtp_server(mail_reply=reply) as server:
-        sender = sender_for(server.url)
-        try:
+        async with open_sender(server.url) as sender:
             result = await send_one(sender)
-        finally:
-            await sender.close()
         assert result.status is status
         assert reply.split()[0] in result.reason
         assert server.messages == []
@@ -189,12 +174,9 @@ async def test_a_refusal_of_the_sender_is_retry_or_failed(reply: str, status: Ac
 
 async def test_invalid_address_is_refused_without_asking_the_server() -> None:
     async with recording_smtp_server() as server:
-        sender = sender_for(server.url)
-        try:
+        async with open_sender(server.url) as sender:
             only_bad = await sender.send(message_to("a@example.com"), ["a@example.com\r\nRSET"])
             mixed = await sender.send(message_to("a@example.com"), ["a@example.com", "no address"])
-        finally:
-            await sender.close()
         assert only_bad.status is AckStatus.FAILED
         assert mixed.status is AckStatus.DELIVERED
         assert mixed.rejected == {"no address": "not a valid address"}
@@ -217,13 +199,10 @@ async def test_connection_refused_is_retry() -> None:
 async def test_slow_server_hits_the_deadline_and_is_retry_on_time() -> None:
     deadline = 0.3
     async with recording_smtp_server(delay=2.0) as server:
-        sender = sender_for(server.url, deadline=deadline)
-        try:
+        async with open_sender(server.url, deadline=deadline) as sender:
             started = time.monotonic()
             result = await asyncio.wait_for(send_one(sender), WAIT)
             elapsed = time.monotonic() - started
-        finally:
-            await sender.close()
         assert result.status is AckStatus.RETRY
         assert "deadline" in result.reason
         assert deadline - 0.05 <= elapsed < deadline + 0.5
@@ -258,13 +237,10 @@ async def test_deadline_counts_the_wait_for_a_free_connection(via: str) -> None:
 async def test_connection_dropped_mid_session_is_retry_and_the_next_send_reconnects() -> None:
     async with recording_smtp_server() as server:
         server.drop_next_data = 1
-        sender = sender_for(server.url)
-        try:
+        async with open_sender(server.url) as sender:
             lost = await send_one(sender)
             assert sender.open_connections == 0
             delivered = await send_one(sender)
-        finally:
-            await sender.close()
         assert lost.status is AckStatus.RETRY
         assert "connection lost" in lost.reason
         assert delivered.status is AckStatus.DELIVERED
@@ -274,15 +250,12 @@ async def test_connection_dropped_mid_session_is_retry_and_the_next_send_reconne
 
 async def test_connection_is_reused_then_reopened_after_the_server_drops_it() -> None:
     async with recording_smtp_server() as server:
-        sender = sender_for(server.url)
-        try:
+        async with open_sender(server.url) as sender:
             for _ in range(2):
                 assert (await send_one(sender)).status is AckStatus.DELIVERED
             assert server.connections == 1
             await server.drop_connections()
             result = await send_one(sender)
-        finally:
-            await sender.close()
         assert result.status is AckStatus.DELIVERED
         assert server.connections == 2
         await server.wait_for(3, WAIT)
@@ -290,16 +263,13 @@ async def test_connection_is_reused_then_reopened_after_the_server_drops_it() ->
 
 async def test_dead_connection_is_replaced_within_the_same_send() -> None:
     async with recording_smtp_server() as server:
-        sender = sender_for(server.url)
-        try:
+        async with open_sender(server.url) as sender:
             assert (await send_one(sender)).status is AckStatus.DELIVERED
             # Close the server side without letting the client notice before it sends.
             for session in list(server._sessions):
                 assert isinstance(session.transport, asyncio.Transport)
                 session.transport.abort()
             result = await send_one(sender)
-        finally:
-            await sender.close()
         assert result.status is AckStatus.DELIVERED
         assert server.connections == 2
         await server.wait_for(2, WAIT)
@@ -308,12 +278,9 @@ async def test_dead_connection_is_replaced_within_the_same_send() -> None:
 async def test_a_failure_drops_the_connection() -> None:
     replies = {"later@example.com": "451 4.3.0 try later"}
     async with recording_smtp_server(reply_for=refuse(replies)) as server:
-        sender = sender_for(server.url)
-        try:
+        async with open_sender(server.url) as sender:
             retry = await send_one(sender, "later@example.com")
             delivered = await send_one(sender)
-        finally:
-            await sender.close()
         assert (retry.status, delivered.status) == (AckStatus.RETRY, AckStatus.DELIVERED)
         assert server.connections == 2
 
@@ -323,13 +290,10 @@ async def test_a_failure_drops_the_connection() -> None:
 
 async def test_sequential_sends_reuse_one_warm_connection() -> None:
     async with recording_smtp_server() as server:
-        sender = sender_for(server.url, pool_size=4)
-        try:
+        async with open_sender(server.url, pool_size=4) as sender:
             for _ in range(5):
                 assert (await send_one(sender)).status is AckStatus.DELIVERED
             assert sender.open_connections == 1
-        finally:
-            await sender.close()
         assert server.connections == 1
         assert len(server.messages) == 5
         assert sender.open_connections == 0  # closed by close()
@@ -338,14 +302,11 @@ async def test_sequential_sends_reuse_one_warm_connection() -> None:
 async def test_pool_sends_concurrently_on_at_most_pool_size_connections() -> None:
     delay, count = 0.2, 10
     async with recording_smtp_server(delay=delay) as server:
-        sender = sender_for(server.url, pool_size=3)
-        try:
+        async with open_sender(server.url, pool_size=3) as sender:
             started = time.monotonic()
             results = await asyncio.gather(*(send_one(sender, f"u{n}@example.com") for n in range(count)))
             elapsed = time.monotonic() - started
             assert sender.open_connections <= 3
-        finally:
-            await sender.close()
         assert [r.status for r in results] == [AckStatus.DELIVERED] * count, results
         assert len(server.messages) == count
         assert server.connections <= 3
@@ -379,13 +340,10 @@ async def test_rate_limit_spaces_messages_after_the_burst() -> None:
 
 async def test_rate_limit_lets_a_burst_through_at_once() -> None:
     async with recording_smtp_server() as server:
-        sender = sender_for(server.url, rate_limit=1.0, rate_burst=5)
-        try:
+        async with open_sender(server.url, rate_limit=1.0, rate_burst=5) as sender:
             started = time.monotonic()
             results = await asyncio.gather(*(send_one(sender) for _ in range(5)))
             elapsed = time.monotonic() - started
-        finally:
-            await sender.close()
         assert all(r.status is AckStatus.DELIVERED for r in results), results
         assert elapsed < 0.9  # at 1/s without a burst, five would take four seconds
 
@@ -401,11 +359,8 @@ async def test_tls_with_a_trusted_certificate_delivers_encrypted(
         tls=server_context, implicit_tls=implicit, require_starttls=not implicit
     ) as server:
         # smtp:// means STARTTLS required, as smtp+starttls://
-        sender = sender_for(server.url_with(scheme), tls_context=trusting, allow_plaintext=False)
-        try:
+        async with open_sender(server.url_with(scheme), tls_context=trusting, allow_plaintext=False) as sender:
             result = await send_one(sender)
-        finally:
-            await sender.close()
         assert result.status is AckStatus.DELIVERED, result.reason
         [(_msg, recipients)] = await server.wait_for(1, WAIT)
         assert recipients == ["a@example.com"]
@@ -430,11 +385,8 @@ async def test_tls_with_an_untrusted_certificate_is_retry(
 
 async def test_certificate_for_another_host_is_retry(ca: trustme.CA, trusting: ssl.SSLContext) -> None:
     async with recording_smtp_server(tls=server_tls_context(ca, "mail.example.org")) as server:
-        sender = sender_for(server.url_with("smtp+starttls"), tls_context=trusting)
-        try:
+        async with open_sender(server.url_with("smtp+starttls"), tls_context=trusting) as sender:
             result = await send_one(sender)
-        finally:
-            await sender.close()
         assert result.status is AckStatus.RETRY
         assert server.mail_commands == 0
 
@@ -442,11 +394,8 @@ async def test_certificate_for_another_host_is_retry(ca: trustme.CA, trusting: s
 @pytest.mark.parametrize("scheme", ["smtp", "smtp+starttls"])
 async def test_starttls_required_never_falls_back_to_plain_text(scheme: str) -> None:
     async with recording_smtp_server() as server:  # offers no STARTTLS
-        sender = sender_for(server.url_with(scheme), allow_plaintext=False)
-        try:
+        async with open_sender(server.url_with(scheme), allow_plaintext=False) as sender:
             result = await send_one(sender)
-        finally:
-            await sender.close()
         assert result.status is AckStatus.RETRY
         assert "STARTTLS" in result.reason
         assert server.mail_commands == 0
@@ -483,11 +432,8 @@ async def test_auth_over_starttls_delivers_with_the_password_from_each_source(
             monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
         else:
             url, changes = server.url_with("smtp+starttls", f"{LOGIN}:{quote(PASSWORD, safe='')}"), {}
-        sender = sender_for(url, tls_context=trusting, **changes)
-        try:
+        async with open_sender(url, tls_context=trusting, **changes) as sender:
             result = await send_one(sender)
-        finally:
-            await sender.close()
         assert result.status is AckStatus.DELIVERED, result.reason
         assert server.auth_attempts == [(LOGIN, True)]
         [facts] = server.envelopes
@@ -496,11 +442,10 @@ async def test_auth_over_starttls_delivers_with_the_password_from_each_source(
 
 async def test_auth_over_implicit_tls_delivers(server_context: ssl.SSLContext, trusting: ssl.SSLContext) -> None:
     async with auth_server(server_context, implicit=True) as server:
-        sender = sender_for(server.url_with("smtps"), tls_context=trusting, username=LOGIN, password=PASSWORD)
-        try:
+        async with open_sender(
+            server.url_with("smtps"), tls_context=trusting, username=LOGIN, password=PASSWORD
+        ) as sender:
             result = await send_one(sender)
-        finally:
-            await sender.close()
         assert result.status is AckStatus.DELIVERED, result.reason
         assert server.envelopes[0].login == LOGIN
 
@@ -543,14 +488,15 @@ async def test_the_password_is_never_logged_nor_in_the_result(
     caplog.set_level(logging.DEBUG)
     for name in ("aiosmtplib", "notifyd", "asyncio"):
         caplog.set_level(logging.DEBUG, logger=name)
-    async with auth_server(server_context) as server:
-        sender = sender_for(server.url_with("smtp+starttls"), tls_context=trusting, username=LOGIN, password=password)
-        try:
-            result = await send_one(sender)
-            # a second message on the same (or, after a refusal, a new) session
-            result2 = await send_one(sender)
-        finally:
-            await sender.close()
+    async with (
+        auth_server(server_context) as server,
+        open_sender(
+            server.url_with("smtp+starttls"), tls_context=trusting, username=LOGIN, password=password
+        ) as sender,
+    ):
+        result = await send_one(sender)
+        # a second message on the same (or, after a refusal, a new) session
+        result2 = await send_one(sender)
     assert result.status is (AckStatus.DELIVERED if right else AckStatus.RETRY), result.reason
     assert result2.status is result.status
     assert caplog.records, "nothing was logged: the check below would prove nothing"

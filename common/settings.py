@@ -103,7 +103,9 @@ class AlarmdSettings:
 @dataclass(frozen=True)
 class NotifydSettings:
     pool: str = "notifyd"  # notifyd instances with the same pool share the work
-    concurrency: int = 10  # notifications handled at once by one notifyd
+    # Notifications handled at once by one notifyd, and taken from the broker at once
+    # (more would wait unacked while the publisher's RENL timeout runs).
+    concurrency: int = 10
     locale: str = "en"  # the language of a reminder when neither the enqueuer nor the directory names one
     templates: str = ""  # a directory of templates that override or add to the shipped ones
     directory: str = ""  # a TOML file mapping calendars to owner address, locale and time zone

@@ -15,6 +15,7 @@ of a pool); :class:`MemoryDeliveryLog` is for tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,6 +26,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from common.db import deliveries
 from common.payload import AlarmPayload
+
+LINGER = 0.002  # seconds a batch waits for company before it goes to the database
+BATCH_MAX = 500  # keys per SELECT … IN, well under SQLite's limit on bound parameters
 
 
 def instance_key(payload: AlarmPayload) -> str:
@@ -52,6 +56,9 @@ class DeliveryLog(Protocol):
     async def purge(self, now: datetime) -> int:
         """Delete expired records; return how many."""
 
+    def close(self) -> None:
+        """Release what the log holds (a database connection); it may be used again after."""
+
 
 class MemoryDeliveryLog:
     """In-process records, for tests and for a notifier without a database."""
@@ -73,42 +80,114 @@ class MemoryDeliveryLog:
             del self.records[key]
         return len(expired)
 
+    def close(self) -> None:
+        pass
+
 
 class SqlDeliveryLog:
     """Records in the ``deliveries`` table; the only code that touches it.
 
-    The engine is synchronous (as alarmd's); calls run in a worker thread so the event
-    loop keeps sending while a statement waits on the database.
+    The engine is synchronous (as alarmd's), so statements run in a worker thread and
+    the event loop keeps sending meanwhile. Calls are batched (group commit): lookups
+    and records that arrive while a batch is at the database wait for the next one, and
+    each batch is one thread hop, one SELECT … IN and one multi-row upsert in one
+    transaction. Under load that is a commit per batch instead of per reminder; alone,
+    a call is a batch of one. A lookup in a batch uses the batch's earliest ``now``.
     """
 
-    def __init__(self, engine: sa.Engine, retention: timedelta) -> None:
+    def __init__(self, engine: sa.Engine, retention: timedelta, *, linger: float = LINGER) -> None:
         self.engine = engine
         self.retention = retention
         # Built once: constructing these per call cost more than running them (the benchmark's profile).
-        self._lookup = sa.select(deliveries.c.sent_at).where(
-            deliveries.c.key == sa.bindparam("key"), deliveries.c.expires_at > sa.bindparam("now")
+        self._lookup = sa.select(deliveries.c.key, deliveries.c.sent_at).where(
+            deliveries.c.key.in_(sa.bindparam("keys", expanding=True)), deliveries.c.expires_at > sa.bindparam("now")
         )
         insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         upsert = insert(deliveries)
         changed = {name: upsert.excluded[name] for name in ("ref", "sent_at", "expires_at", "detail")}
         self._upsert = upsert.on_conflict_do_update(index_elements=[deliveries.c.key], set_=changed)
+        self._lookups: list[tuple[str, datetime, asyncio.Future[datetime | None]]] = []
+        self._records: list[tuple[Delivery, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._conn: sa.Connection | None = None
+        self.linger = linger
+        self.batches = 0  # batches run so far, for tests and the benchmark
 
     async def sent_at(self, key: str, now: datetime) -> datetime | None:
-        return await asyncio.to_thread(self._sent_at, key, now)
+        future: asyncio.Future[datetime | None] = asyncio.get_running_loop().create_future()
+        self._lookups.append((key, now, future))
+        self._schedule()
+        return await future
 
     async def record(self, delivery: Delivery) -> None:
-        await asyncio.to_thread(self._record, delivery)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._records.append((delivery, future))
+        self._schedule()
+        await future
 
     async def purge(self, now: datetime) -> int:
         return await asyncio.to_thread(self._purge, now)
 
-    def _sent_at(self, key: str, now: datetime) -> datetime | None:
-        with self.engine.connect() as conn:
-            found: datetime | None = conn.execute(self._lookup, {"key": key, "now": now}).scalar_one_or_none()
-        return found
+    def _schedule(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="notifyd:delivery-log")
 
-    def _record(self, delivery: Delivery) -> None:
-        values = {
+    async def _flush(self) -> None:
+        while self._lookups or self._records:
+            if self.linger:
+                await asyncio.sleep(self.linger)
+            lookups, self._lookups = self._lookups[:BATCH_MAX], self._lookups[BATCH_MAX:]
+            records, self._records = self._records[:BATCH_MAX], self._records[BATCH_MAX:]
+            keys = [key for key, _now, _future in lookups]
+            now = min((now for _key, now, _future in lookups), default=None)
+            try:
+                found = await asyncio.to_thread(self._run_batch, keys, now, [delivery for delivery, _ in records])
+            except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
+                for _key, _now, lookup in lookups:
+                    if not lookup.done():
+                        lookup.set_exception(exc)
+                for _delivery, recorded in records:
+                    if not recorded.done():
+                        recorded.set_exception(exc)
+                continue
+            for key, _now, lookup in lookups:
+                if not lookup.done():
+                    lookup.set_result(found.get(key))
+            for _delivery, recorded in records:
+                if not recorded.done():
+                    recorded.set_result(None)
+
+    def _run_batch(self, keys: list[str], now: datetime | None, records: list[Delivery]) -> dict[str, datetime]:
+        # One connection kept for the batches (only one batch runs at a time): checking
+        # one out of the pool for each cost as much as the statements. After an error it
+        # is dropped and the next batch connects afresh.
+        self.batches += 1
+        conn = self._conn = self._conn or self.engine.connect()
+        try:
+            with conn.begin():
+                if records:
+                    conn.execute(self._upsert, [self._values(delivery) for delivery in records])
+                if not keys or now is None:
+                    return {}
+                return {key: sent_at for key, sent_at in conn.execute(self._lookup, {"keys": keys, "now": now})}
+        except Exception:
+            self._conn = None
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+            raise
+
+    def close(self) -> None:
+        """Return the batches' connection to the engine (they reopen it when used again);
+        a batch still at the database returns it when it is done."""
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.add_done_callback(lambda _task: self.close())
+            return
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _values(self, delivery: Delivery) -> dict[str, object]:
+        return {
             "key": delivery.key,
             "ref": delivery.ref,
             "trigger_at": delivery.trigger_at,
@@ -116,8 +195,6 @@ class SqlDeliveryLog:
             "expires_at": delivery.sent_at + self.retention,
             "detail": delivery.detail,
         }
-        with self.engine.begin() as conn:
-            conn.execute(self._upsert, values)
 
     def _purge(self, now: datetime) -> int:
         with self.engine.begin() as conn:

@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, tzinfo
-from email import policy
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
-from email.headerregistry import BaseHeader, HeaderRegistry
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parseaddr
-from functools import cache
+from email.utils import format_datetime, getaddresses, make_msgid
+from functools import cache, lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -31,7 +28,7 @@ import icalendar
 from babel import Locale, UnknownLocaleError
 
 from common.payload import AlarmPayload, parse_utc
-from notifyd import localise
+from notifyd import localise, mime
 from notifyd.recipients import mailbox
 from notifyd.templates import Templates
 
@@ -54,25 +51,6 @@ _BODY_NEWLINES = re.compile("\r\n|\r|\x85|\u2028|\u2029")
 _BLANK_RUNS = re.compile(r"\n{3,}")
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DOMAIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
-
-
-class _CachedHeaderRegistry(HeaderRegistry):
-    """The standard registry, except that each header class is made once, not per header
-    (the stdlib builds a new class for every header set: a tenth of notifyd's CPU time)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._classes: dict[str, type[BaseHeader]] = {}
-
-    def __getitem__(self, name: str) -> type[BaseHeader]:
-        key = name.lower()
-        cls = self._classes.get(key)
-        if cls is None:
-            cls = self._classes[key] = super().__getitem__(name)
-        return cls
-
-
-_POLICY = policy.SMTP.clone(header_factory=_CachedHeaderRegistry())
 
 
 def clean_header(value: str, limit: int) -> str:
@@ -126,13 +104,14 @@ def render_reminder(
     tz: str = "",
     description_max: int = DESCRIPTION_MAX,
     attach_ics: bool = False,
-) -> EmailMessage:
-    """The reminder for one alarm instance, addressed to ``recipients``.
+) -> bytes:
+    """The reminder for one alarm instance, addressed to ``recipients``, as SMTP sends it.
 
     ``locale`` (else ``payload.locale``) picks the templates, resolved as
     :meth:`Templates.resolve` documents; ``tz`` (else ``payload.tz``, else UTC) is the
     zone times are shown in. The message is text plus an HTML alternative and, with
-    ``attach_ics``, the occurrence as a text/calendar part.
+    ``attach_ics``, the occurrence as a text/calendar part. :mod:`notifyd.mime` writes
+    it; every value that reaches a header is cleaned here first.
     """
     templates = templates or shipped_templates()
     chosen = templates.resolve(locale or payload.locale)
@@ -142,27 +121,33 @@ def render_reminder(
 
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    msg = EmailMessage(policy=_POLICY)
-    _set_address_header(msg, "From", [sender], fallback=f"calalarm@{MSGID_FALLBACK_DOMAIN}")
-    _set_address_header(msg, "To", recipients, fallback="undisclosed-recipients:;")
-    msg["Subject"] = clean_header(rendered.subject, SUBJECT_MAX)
-    msg["Date"] = format_datetime(now.astimezone(UTC))
-    msg["Message-ID"] = make_msgid(domain=_msgid_domain(sender))
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-Alarm-Ref"] = clean_header(ref, REF_MAX)
-    msg["X-Alarm-Trigger"] = clean_header(payload.trigger, TRIGGER_MAX)
-    msg.set_content(_tidy(rendered.text))
-    msg.add_alternative(rendered.html, subtype="html")
+    from_name, from_address, msgid_domain = _sender(sender)
+    to = [a for a in (_header_mailbox(r) for r in recipients) if a]
+    headers = [
+        ("From", f"{mime.phrase(from_name)} <{from_address}>" if from_name else from_address),
+        ("To", mime.address_list("To", to) if to else "undisclosed-recipients:;"),
+        ("Subject", mime.unstructured("Subject", clean_header(rendered.subject, SUBJECT_MAX))),
+        ("Date", format_datetime(now.astimezone(UTC))),
+        ("Message-ID", make_msgid(domain=msgid_domain)),
+        ("Auto-Submitted", "auto-generated"),
+        ("X-Alarm-Ref", mime.unstructured("X-Alarm-Ref", clean_header(ref, REF_MAX))),
+        ("X-Alarm-Trigger", mime.unstructured("X-Alarm-Trigger", clean_header(payload.trigger, TRIGGER_MAX))),
+        ("Content-Language", mime.unstructured("Content-Language", clean_header(chosen.replace("_", "-"), 35))),
+    ]
+    body: mime.Part | mime.Multipart = mime.Multipart(
+        "alternative",
+        (mime.text_part("plain", _tidy(rendered.text)), mime.text_part("html", rendered.html)),
+        mime.new_boundary(),
+    )
     if attach_ics:
-        msg.add_attachment(
+        ics = mime.attachment(
+            "text/calendar",
             occurrence_ics(payload, now, description_max),
-            maintype="text",
-            subtype="calendar",
-            filename="reminder.ics",
-            params={"method": "PUBLISH", "charset": "utf-8"},
+            "reminder.ics",
+            (("charset", "utf-8"), ("method", "PUBLISH")),
         )
-    msg["Content-Language"] = chosen.replace("_", "-")  # after the parts: making them moves Content-* down
-    return msg
+        body = mime.Multipart("mixed", (body, ics), mime.new_boundary())
+    return mime.message_bytes(headers, body)
 
 
 def reminder_context(
@@ -288,21 +273,23 @@ def _tidy(text: str) -> str:
     return _BLANK_RUNS.sub("\n\n", text.strip("\n")) + "\n"
 
 
-def _set_address_header(msg: EmailMessage, name: str, values: list[str], fallback: str) -> None:
-    cleaned = [clean_header(v, ADDRESS_MAX) for v in values]
-    text = ", ".join(v for v in cleaned if v)
-    try:
-        msg[name] = text or fallback
-    except (HeaderParseError, ValueError, IndexError, TypeError, AttributeError):
-        # The header parser is lenient, but a pathological address must not stop the
-        # reminder: the envelope, not this header, decides where the message goes.
-        del msg[name]
-        msg[name] = fallback
+@lru_cache(maxsize=64)
+def _sender(sender: str) -> tuple[str, str, str]:
+    """The From display name and address for ``smtp.sender``, and the Message-ID domain
+    (the sender is validated at start-up; the fallback is for other callers)."""
+    cleaned = clean_header(sender, ADDRESS_MAX)
+    address = mailbox(cleaned)
+    header = mime.header_address(address) if address else None
+    if header is None:
+        return "", f"calalarm@{MSGID_FALLBACK_DOMAIN}", MSGID_FALLBACK_DOMAIN
+    domain = header.rpartition("@")[2]
+    name = clean_header(getaddresses([cleaned])[0][0], ADDRESS_MAX)
+    return name, header, domain if _DOMAIN.match(domain) else MSGID_FALLBACK_DOMAIN
 
 
-def _msgid_domain(sender: str) -> str:
-    _, at, domain = parseaddr(clean_header(sender, ADDRESS_MAX))[1].rpartition("@")
-    return domain if at and _DOMAIN.match(domain) else MSGID_FALLBACK_DOMAIN
+def _header_mailbox(recipient: str) -> str | None:
+    address = mailbox(clean_header(recipient, ADDRESS_MAX))
+    return mime.header_address(address) if address else None
 
 
 @cache

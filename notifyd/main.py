@@ -70,7 +70,9 @@ async def serve(settings: Settings) -> int:
         return EXIT_UNAVAILABLE
     engine = create_engine_from_url(settings.database.url)
     try:
-        bus = create_bus(settings.bus.url)
+        # As many messages from the broker as notifyd handles at once: more would wait
+        # unacked in this process while the publisher's RENL timeout runs.
+        bus = create_bus(settings.bus.url, prefetch=settings.notifyd.concurrency)
         notifier, sender = notifier_from_settings(bus, settings, lambda: datetime.now(UTC), engine=engine)
     except (BusError, ConfigError) as exc:
         click.echo(f"notifyd: {exc}", err=True)

@@ -18,7 +18,6 @@ import logging
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from email.message import EmailMessage
 from typing import Protocol
 
 import sqlalchemy as sa
@@ -46,7 +45,7 @@ _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 class MailSender(Protocol):
     """What the notifier needs from an SMTP client (:class:`notifyd.smtp.SmtpSender`)."""
 
-    async def send(self, message: EmailMessage, recipients: list[str]) -> SendResult: ...
+    async def send(self, message: bytes, recipients: list[str]) -> SendResult: ...
 
 
 DeliveredCallback = Callable[[AlarmPayload, str], None]
@@ -87,6 +86,10 @@ class Notifier:
         self.duplicates = 0
 
     @property
+    def deliveries(self) -> DeliveryLog:
+        return self._deliveries
+
+    @property
     def subscriptions(self) -> list[str]:
         pool = self._settings.notifyd.pool
         return [f"enp+pool.{pool}://{base}" for base in (EVENT_ALARM, TODO_ALARM)]
@@ -124,6 +127,7 @@ class Notifier:
                 await task
         if pending:
             log.warning("stopped with %d notification(s) unfinished; the publisher will resend them", len(pending))
+        self._deliveries.close()
 
     async def _on_notification(self, notification: Notification) -> None:
         # The work runs in a task of its own so that cancelling the subscription (stop)

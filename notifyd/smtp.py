@@ -33,7 +33,6 @@ import logging
 import re
 import ssl
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 
 import aiosmtplib
 from aiolimiter import AsyncLimiter
@@ -117,8 +116,9 @@ class SmtpSender:
     def open_connections(self) -> int:
         return sum(1 for c in self._connections if c.is_open)
 
-    async def send(self, message: EmailMessage, recipients: list[str]) -> SendResult:
-        """Send ``message`` to ``recipients`` (the envelope; headers are not read)."""
+    async def send(self, message: bytes, recipients: list[str]) -> SendResult:
+        """Send ``message`` (the whole message, as :func:`notifyd.email.render_reminder`
+        writes it) to ``recipients``, the envelope: headers are not read."""
         valid, invalid = _split_recipients(recipients)
         if not valid:
             return _all_refused({}, invalid, total=len(invalid))
@@ -165,7 +165,7 @@ class _Connection:
     def is_open(self) -> bool:
         return self._smtp is not None and self._smtp.is_connected
 
-    async def send(self, message: EmailMessage, valid: list[str], invalid: dict[str, str]) -> SendResult:
+    async def send(self, message: bytes, valid: list[str], invalid: dict[str, str]) -> SendResult:
         done = False
         server = self._server
         try:
@@ -177,9 +177,7 @@ class _Connection:
                     log.warning("SMTP %s: %s", server, exc.reason)
                     return SendResult(AckStatus.RETRY, f"SMTP {server}: {exc.reason}")
                 try:
-                    errors, _reply = await smtp.send_message(
-                        message, sender=self._session.envelope_from, recipients=valid
-                    )
+                    errors, _reply = await smtp.sendmail(self._session.envelope_from, valid, message)
                 except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
                     self._drop()
                     if reused:

@@ -52,14 +52,14 @@ ReplyFor = Callable[[str], str | None]
 DROP_WAIT = 5.0
 
 
-def message_to(*recipients: str, subject: str = "Reminder: test") -> EmailMessage:
-    """A small message for the client side of a test."""
+def message_to(*recipients: str, subject: str = "Reminder: test") -> bytes:
+    """A small message for the client side of a test, as :meth:`SmtpSender.send` takes it."""
     message = EmailMessage()
     message["From"] = "calalarm@example.com"
     message["To"] = ", ".join(recipients)
     message["Subject"] = subject
     message.set_content("hello\n")
-    return message
+    return message.as_bytes(policy=policy.SMTP)
 
 
 class ReceivedMessage(NamedTuple):

@@ -21,14 +21,17 @@ __all__ = [
 ]
 
 
-def create_bus(url: str) -> Bus:
-    """``memory://`` → in-process bus; ``amqp://…`` / ``amqps://…`` → RabbitMQ."""
+def create_bus(url: str, *, prefetch: int = 64) -> Bus:
+    """``memory://`` → in-process bus; ``amqp://…`` / ``amqps://…`` → RabbitMQ.
+
+    ``prefetch``: messages of one subscription handed to its handlers at once.
+    """
     if url.startswith("memory:"):
         from common.ens.memory import MemoryBus
 
-        return MemoryBus()
+        return MemoryBus(prefetch=prefetch)
     if url.startswith(("amqp://", "amqps://")):
         from common.ens.amqp import AmqpBus
 
-        return AmqpBus(url)
+        return AmqpBus(url, prefetch=prefetch)
     raise BusError(f"bus url {url!r}: use memory:// or amqp://user:pass@host:port/vhost")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import parse_qsl, quote, urlsplit
 
 SCHEME = "enp"
@@ -67,6 +68,12 @@ class EventReference:
         return cls(base, (("calid", calid), ("uid", uid), ("rid", rid), ("aid", aid)))
 
     def __str__(self) -> str:
+        return self._text
+
+    @cached_property
+    def _text(self) -> str:
+        # Cached: the quoting is a visible share of a notification's cost, and a
+        # reference is printed several times on its way (logs, acks, headers).
         scheme = SCHEME if self.pool is None else POOL_SCHEME_PREFIX + self.pool
         query = "&".join(f"{quote(k, safe='')}={quote(v, safe='@:+,;')}" for k, v in self.params)
         return f"{scheme}://{self.base}" + (f"?{query}" if query else "")

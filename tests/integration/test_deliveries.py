@@ -109,6 +109,53 @@ async def test_concurrent_records_of_one_key_do_not_fail(log: SqlDeliveryLog) ->
     assert await log.sent_at("k1", NOW) == row.sent_at
 
 
+async def test_calls_made_together_share_one_batch(log: SqlDeliveryLog) -> None:
+    await log.record(delivery("old", NOW))
+    batches = log.batches
+    found = await asyncio.gather(
+        *(log.record(delivery(f"k{n}", NOW)) for n in range(20)),
+        *(log.sent_at(key, NOW) for key in ("old", "missing")),
+    )
+    assert log.batches == batches + 1  # one thread hop, one transaction
+    assert found[20:] == [NOW, None]
+    assert len(rows(log.engine)) == 21
+
+
+async def test_a_call_during_a_batch_goes_in_the_next(log: SqlDeliveryLog) -> None:
+    first = asyncio.create_task(log.record(delivery("k1", NOW)))
+    await asyncio.sleep(log.linger + 0.01)  # the first batch is at the database, or done
+    assert await log.sent_at("k1", NOW) == NOW
+    await first
+    assert log.batches == 2
+
+
+async def test_a_failed_batch_fails_every_call_in_it_and_the_next_reconnects(
+    log: SqlDeliveryLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await log.record(delivery("k0", NOW))  # the batches' connection is open
+    real_upsert = log._upsert
+    monkeypatch.setattr(log, "_upsert", sa.text("INSERT INTO no_such_table VALUES (:key)"))
+    results = await asyncio.gather(log.record(delivery("k1", NOW)), log.sent_at("k0", NOW), return_exceptions=True)
+    assert all(isinstance(result, sa.exc.DBAPIError) for result in results)
+    monkeypatch.setattr(log, "_upsert", real_upsert)
+    await log.record(delivery("k2", NOW))
+    assert await log.sent_at("k2", NOW) == NOW
+    assert [row.key for row in rows(log.engine)] == ["k0", "k2"]
+
+
+async def test_close_returns_the_connection_and_the_log_reopens_it(log: SqlDeliveryLog) -> None:
+    await log.record(delivery("k1", NOW))
+    pending = asyncio.create_task(log.record(delivery("k2", NOW)))
+    await asyncio.sleep(0)
+    log.close()  # a batch is under way: it closes when done
+    await pending
+    await asyncio.sleep(0)
+    assert log._conn is None
+    assert await log.sent_at("k2", NOW) == NOW  # connects again
+    log.close()
+    assert log._conn is None
+
+
 # --- the Notifier's duplicate check --------------------------------------------------
 
 
@@ -279,6 +326,9 @@ class BrokenLog:
 
     async def purge(self, now: datetime) -> int:
         raise sa.exc.OperationalError("DELETE", {}, ConnectionError("database is down"))
+
+    def close(self) -> None:
+        pass
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import base64
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
-from email.parser import BytesParser
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import icalendar
 import pytest
@@ -15,6 +15,7 @@ import pytest
 from common.payload import AlarmPayload
 from notifyd.email import DESCRIPTION_MAX, SUBJECT_MAX, clean_header, clean_text, occurrence_ics, render_reminder
 from notifyd.templates import Templates
+from tests.messages import parse_message
 from tests.payloads import sample_payload
 
 NOW = datetime(2026, 11, 23, 9, 45, 0, tzinfo=UTC)
@@ -42,7 +43,7 @@ MIXED_PARTS = ["multipart/mixed", "multipart/alternative", "text/plain", "text/h
 PART_HEADERS = {"content-type", "content-transfer-encoding", "mime-version", "content-disposition"}
 
 
-def render(
+def render_raw(
     payload: AlarmPayload | None = None,
     recipients: list[str] | None = None,
     *,
@@ -52,7 +53,7 @@ def render(
     tz: str = "",
     attach_ics: bool = False,
     templates: Templates | None = None,
-) -> EmailMessage:
+) -> bytes:
     return render_reminder(
         payload or sample_payload(),
         ref,
@@ -66,10 +67,14 @@ def render(
     )
 
 
-def wire(message: EmailMessage) -> tuple[bytes, EmailMessage]:
-    """The message as sent (SMTP policy) and as a receiver parses it back."""
-    raw = message.as_bytes(policy=policy.SMTP)
-    return raw, BytesParser(_class=EmailMessage, policy=policy.default).parsebytes(raw)
+def render(payload: AlarmPayload | None = None, recipients: list[str] | None = None, **options: Any) -> EmailMessage:
+    """The reminder as a receiver parses it."""
+    return parse_message(render_raw(payload, recipients, **options))
+
+
+def wire(raw: bytes) -> tuple[bytes, EmailMessage]:
+    """The message as sent and as a receiver parses it back."""
+    return raw, parse_message(raw)
 
 
 def head_of(raw: bytes) -> bytes:
@@ -122,7 +127,7 @@ def content_types(message: EmailMessage) -> list[str]:
 
 
 def test_every_header_is_present_and_right() -> None:
-    raw, parsed = wire(render(recipients=["bob@example.com", "Al <al@example.com>"]))
+    raw, parsed = wire(render_raw(recipients=["bob@example.com", "Al <al@example.com>"]))
     assert sorted(header_names(raw)) == sorted(EXPECTED_HEADERS)
     assert {k.lower() for k in parsed} == EXPECTED_HEADERS
     assert parsed["From"] == SENDER
@@ -141,7 +146,7 @@ def test_every_header_is_present_and_right() -> None:
 
 
 def test_parts_are_utf8_text_and_html() -> None:
-    _raw, parsed = wire(render())
+    _raw, parsed = wire(render_raw())
     plain, html = parsed.get_body(("plain",)), parsed.get_body(("html",))
     assert plain is not None
     assert html is not None
@@ -159,7 +164,7 @@ def test_without_ics_there_is_no_attachment() -> None:
 
 
 def test_ics_attachment_is_a_published_event() -> None:
-    raw, parsed = wire(render(attach_ics=True))
+    raw, parsed = wire(render_raw(attach_ics=True))
     assert sorted(header_names(raw)) == sorted(EXPECTED_HEADERS)
     assert parsed.get_content_type() == "multipart/mixed"
     assert content_types(parsed) == MIXED_PARTS
@@ -210,14 +215,15 @@ def test_message_id_domain_falls_back_when_the_sender_has_none() -> None:
 
 
 def test_empty_sender_and_recipients_use_fallbacks() -> None:
-    _raw, parsed = wire(render(sender="", recipients=[]))
+    _raw, parsed = wire(render_raw(sender="", recipients=[]))
     assert [a.addr_spec for a in parsed["From"].addresses] == ["calalarm@calalarm.invalid"]
     assert parsed["To"].addresses == ()
     assert [g.display_name for g in parsed["To"].groups] == ["undisclosed-recipients"]
 
 
 def test_naive_now_is_taken_as_utc() -> None:
-    message = render_reminder(sample_payload(), REF, SENDER, ["bob@example.com"], NOW.replace(tzinfo=None))
+    naive = NOW.replace(tzinfo=None)
+    message = parse_message(render_reminder(sample_payload(), REF, SENDER, ["bob@example.com"], naive))
     assert parsedate_to_datetime(message["Date"]) == NOW
 
 
@@ -378,7 +384,7 @@ def test_missing_summary_falls_back_to_the_alarm_summary() -> None:
 
 
 def test_subject_is_capped() -> None:
-    _raw, parsed = wire(render(sample_payload(summary="word " * 200)))
+    _raw, parsed = wire(render_raw(sample_payload(summary="word " * 200)))
     subject = parsed["Subject"]
     assert len(subject) == SUBJECT_MAX
     assert subject == ("Reminder: " + " ".join(["word"] * 200))[: SUBJECT_MAX - 1] + "…"
@@ -392,8 +398,16 @@ def test_description_is_capped() -> None:
 
 
 def test_description_cap_is_a_parameter() -> None:
-    message = render_reminder(
-        sample_payload(description="y" * 50), REF, SENDER, ["bob@example.com"], NOW, description_max=10, attach_ics=True
+    message = parse_message(
+        render_reminder(
+            sample_payload(description="y" * 50),
+            REF,
+            SENDER,
+            ["bob@example.com"],
+            NOW,
+            description_max=10,
+            attach_ics=True,
+        )
     )
     assert "\nyyyyyyyyy…\n" in text_of(message)
     assert "y" * 10 not in text_of(message)
@@ -519,7 +533,7 @@ def test_event_over_midnight_is_localised(locale: str, over_midnight: str) -> No
     ],
 )
 def test_locale_resolution_never_raises(locale: str, chosen: str, subject: str) -> None:
-    raw, parsed = wire(render(locale=locale))
+    raw, parsed = wire(render_raw(locale=locale))
     assert parsed["Subject"] == subject
     assert parsed["Content-Language"] == chosen
     assert sorted(header_names(raw)) == sorted(EXPECTED_HEADERS)
@@ -608,7 +622,7 @@ HEADER_FIELDS = ["summary", "alarm_summary", "recipients", "ref", "trigger", "se
 BODY_FIELDS = ["location", "organizer", "description", "uid"]
 
 
-def render_with(field: str, evil: str) -> EmailMessage:
+def render_with(field: str, evil: str) -> bytes:
     """A reminder with ``evil`` in ``field`` (and the calendar attachment, so the uid reaches it)."""
     recipients, ref, sender = ["bob@example.com"], REF, SENDER
     payload = sample_payload()
@@ -623,7 +637,7 @@ def render_with(field: str, evil: str) -> EmailMessage:
         payload = sample_payload(summary="", alarm_summary=evil)  # the title falls back to it
     else:
         payload = sample_payload(**{field: evil})
-    return render(payload, recipients, ref=ref, sender=sender, attach_ics=True)
+    return render_raw(payload, recipients, ref=ref, sender=sender, attach_ics=True)
 
 
 def assert_no_injected_header(raw: bytes, parsed: EmailMessage) -> None:
@@ -732,13 +746,13 @@ def test_injection_in_uid_stays_in_the_uid(evil: str, cleaned: str) -> None:
 
 
 def test_injection_in_summary_stays_inside_the_subject() -> None:
-    _raw, parsed = wire(render(sample_payload(summary="Lunch\r\nBcc: victim@example.com")))
+    _raw, parsed = wire(render_raw(sample_payload(summary="Lunch\r\nBcc: victim@example.com")))
     assert parsed["Subject"] == "Reminder: Lunch Bcc: victim@example.com"
 
 
 def test_injection_in_ref_and_trigger_is_neutralised() -> None:
     payload = sample_payload(trigger="2026-11-23T09:45:00Z\r\nX-Evil: 2")
-    raw, parsed = wire(render(payload, ref=REF + "\r\nX-Evil: 1"))
+    raw, parsed = wire(render_raw(payload, ref=REF + "\r\nX-Evil: 1"))
     assert sorted(header_names(raw)) == sorted(EXPECTED_HEADERS)
     assert parsed["X-Alarm-Ref"] == REF + " X-Evil: 1"
     assert parsed["X-Alarm-Trigger"] == "2026-11-23T09:45:00Z X-Evil: 2"
@@ -748,7 +762,7 @@ def test_injection_in_ref_and_trigger_is_neutralised() -> None:
 @pytest.mark.parametrize("field", ["summary", "description", "location", "uid", "organizer"])
 def test_ics_values_cannot_add_properties(component: str, field: str) -> None:
     evil = "Lunch\r\nATTENDEE:mailto:x@y\r\nEND:VEVENT\r\nBEGIN:VEVENT\r\nSUMMARY:second"
-    _raw, parsed = wire(render(sample_payload(component=component, **{field: evil}), attach_ics=True))
+    _raw, parsed = wire(render_raw(sample_payload(component=component, **{field: evil}), attach_ics=True))
     cal = ics_of(parsed)
     name = "VTODO" if component == "todo" else "VEVENT"
     comp = only_component(cal, name)
@@ -799,3 +813,22 @@ def test_html_part_escapes_markup() -> None:
     assert 'Where:      <img src="x" onerror="alert(2)">\n' in text
     assert "Note: <i>note</i>\n" in text
     assert message["Subject"] == "Reminder: <script>alert(1)</script>"
+
+
+def test_to_header_writes_idn_domains_in_ascii_and_leaves_out_what_it_cannot_write() -> None:
+    raw, parsed = wire(render_raw(recipients=["bob@exämple.com", "jörg@example.com", "al@example.com"]))
+    assert head_of(raw).isascii()
+    assert [a.addr_spec for a in parsed["To"].addresses] == ["bob@xn--exmple-cua.com", "al@example.com"]
+
+
+def test_to_header_of_many_recipients_is_folded() -> None:
+    recipients = [f"person{n}@example.com" for n in range(30)]
+    raw, parsed = wire(render_raw(recipients=recipients))
+    assert all(len(line) <= 78 for line in head_of(raw).split(b"\r\n"))
+    assert [a.addr_spec for a in parsed["To"].addresses] == recipients
+
+
+def test_a_sender_with_an_address_literal_keeps_it_and_the_message_id_falls_back() -> None:
+    _raw, parsed = wire(render_raw(sender="Cal <cal@[192.0.2.1]>"))
+    assert parsed["From"].addresses[0].addr_spec == "cal@[192.0.2.1]"
+    assert parsed["Message-ID"].endswith("@calalarm.invalid>")

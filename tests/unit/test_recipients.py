@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from common.settings import ConfigError
 from notifyd.recipients import (
@@ -15,6 +17,7 @@ from notifyd.recipients import (
     Directory,
     DirectoryEntry,
     RecipientPolicy,
+    _parsed_mailbox,
     address_reminder,
     mailbox,
 )
@@ -378,3 +381,16 @@ def test_directory_tz_naming_a_zone_directory_is_a_config_error(tmp_path: Path) 
     path.write_text('[calendars."jac"]\ntz = "Europe"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=re.escape("calendars.jac.tz 'Europe' is not an IANA time zone")):
         Directory.load(path)
+
+
+_ATEXT = "abcxyzABZ019!#$%&'*+/=?^_`{|}~-"
+
+
+@given(
+    st.from_regex(
+        rf"[{re.escape(_ATEXT)}]{{1,8}}(\.[{re.escape(_ATEXT)}]{{1,8}}){{0,2}}@[a-z0-9-]{{1,10}}(\.[a-z0-9-]{{1,10}}){{0,3}}",
+        fullmatch=True,
+    )
+)
+def test_the_plain_address_shortcut_agrees_with_the_parsers(address: str) -> None:
+    assert mailbox(address) == _parsed_mailbox(address)

@@ -13,6 +13,7 @@ import notifyd
 from common.settings import ConfigError
 from notifyd.email import render_reminder, sample_context
 from notifyd.templates import KINDS, PARTS, TemplateError, Templates, normalise_locale
+from tests.messages import parse_message
 from tests.payloads import sample_payload
 
 SHIPPED = Path(notifyd.__file__).parent / "templates"
@@ -34,14 +35,16 @@ def copy_locale(source: str, target: Path) -> None:
 
 
 def subject(templates: Templates, locale: str = "", **changes: str) -> str:
-    message = render_reminder(
-        sample_payload(**changes),
-        "ref",
-        "calalarm@example.com",
-        ["bob@example.com"],
-        NOW,
-        templates=templates,
-        locale=locale,
+    message = parse_message(
+        render_reminder(
+            sample_payload(**changes),
+            "ref",
+            "calalarm@example.com",
+            ["bob@example.com"],
+            NOW,
+            templates=templates,
+            locale=locale,
+        )
     )
     return str(message["Subject"])
 
@@ -225,29 +228,33 @@ def test_new_complete_locale_is_added(tmp_path: Path) -> None:
     assert templates.resolve("it") == "it"
     assert templates.resolve("it-CH") == "it"
     templates.check(sample_context())
-    message = render_reminder(
-        sample_payload(), "ref", "calalarm@example.com", ["bob@example.com"], NOW, templates=templates, locale="it"
+    message = parse_message(
+        render_reminder(
+            sample_payload(), "ref", "calalarm@example.com", ["bob@example.com"], NOW, templates=templates, locale="it"
+        )
     )
     assert message["Subject"] == "Promemoria: Team meeting"
     assert message["Content-Language"] == "it"
     text = message.get_body(("plain",))
     assert text is not None
     # The words are the copied English ones; Babel writes the dates in Italian.
-    assert (
-        "When:       lunedì 23 novembre 2026, 11:00 – 12:00 (Ora standard dell’Europa centrale)\n" in text.get_content()
-    )
+    content = text.get_content().replace("\r\n", "\n")
+    assert "When:       lunedì 23 novembre 2026, 11:00 – 12:00 (Ora standard dell’Europa centrale)\n" in content
 
 
 def test_new_locale_unknown_to_babel_gets_english_dates(tmp_path: Path) -> None:
     copy_locale("en", tmp_path / "qq")
     templates = Templates(tmp_path)
     assert templates.resolve("qq") == "qq"
-    message = render_reminder(
-        sample_payload(), "ref", "calalarm@example.com", ["bob@example.com"], NOW, templates=templates, locale="qq"
+    message = parse_message(
+        render_reminder(
+            sample_payload(), "ref", "calalarm@example.com", ["bob@example.com"], NOW, templates=templates, locale="qq"
+        )
     )
     text = message.get_body(("plain",))
     assert text is not None
-    assert "When:       Monday, November 23, 2026, 11:00\u202fAM – 12:00\u202fPM" in text.get_content()
+    content = text.get_content().replace("\r\n", "\n")
+    assert "When:       Monday, November 23, 2026, 11:00\u202fAM – 12:00\u202fPM" in content
 
 
 def test_new_locale_can_be_the_default(tmp_path: Path) -> None:

@@ -1,0 +1,16 @@
+"""Reading back the bytes notifyd sends, as a receiving mail client would."""
+
+from __future__ import annotations
+
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+_PARSER = BytesParser(_class=EmailMessage, policy=policy.default)
+
+
+def parse_message(raw: bytes) -> EmailMessage:
+    """``raw`` (a whole message, CRLF line ends) parsed with the standard library."""
+    message = _PARSER.parsebytes(raw)
+    assert isinstance(message, EmailMessage)
+    return message

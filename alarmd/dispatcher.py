@@ -3,6 +3,18 @@
 I/O only: decisions (what is due, what an ack does) belong to ``AlarmQueue`` and
 ``alarmd.policy``. Database calls run in worker threads so the event loop stays
 free for the bus.
+
+Faults never end the loop:
+
+- the bus refuses a publish: the batch's unpublished claims are handed back (due again
+  in ``PUBLISH_RETRY``) and claiming pauses, with backoff, probing with one instance at
+  a time until a publish succeeds: nothing is claimed that cannot be published;
+- the database fails: the claim (or the sleep's query) is retried with backoff; an
+  instance claimed but not published is due again when its lease ends.
+
+Backlog (instances due longer than ``alarmd.late_after`` ago: after a downtime or a
+forward clock jump) is published at ``alarmd.catchup_rate`` per second, most recent
+first, while on-time instances go first at full speed.
 """
 
 from __future__ import annotations
@@ -14,14 +26,19 @@ import os
 import socket
 from datetime import timedelta
 
-from alarmd.policy import PUBLISH_RETRY, parse_renl_id, retry_delay
-from alarmd.queue import AckOutcome, AlarmQueue, ClaimedAlarm
+import sqlalchemy as sa
+
+from alarmd.policy import JITTER, PUBLISH_RETRY, TokenBucket, parse_renl_id, retry_delay
+from alarmd.queue import AckOutcome, AlarmQueue, ClaimedAlarm, ClaimPolicy
 from common.clock import Clock, utcnow
 from common.ens.abc import Bus, Subscription
 from common.ens.envelope import Ack, Notification, Renl, standard_properties
 from common.settings import AlarmdSettings
 
 log = logging.getLogger(__name__)
+
+FAULT_BACKOFF_MIN = 0.5  # seconds before the first retry after a database or bus fault
+FAULT_BACKOFF_MAX = 30.0
 
 
 class Dispatcher:
@@ -47,6 +64,13 @@ class Dispatcher:
         self._ack_subscription: Subscription | None = None
         self._outstanding: set[str] = set()  # renl ids published by this process, not yet acked
         self._all_acked = asyncio.Event()
+        self.policy = ClaimPolicy.from_settings(settings)
+        self._catchup = TokenBucket.full(settings.catchup_rate, max(settings.catchup_rate, 1.0), clock())
+        self._backlog_waiting = False  # the last claim left backlog for want of catch-up tokens
+        self._bus_backoff = 0.0  # > 0 while publishing fails: claim one at a time, after this pause
+        self._db_backoff = 0.0
+        self.expired = 0
+        self.failed = 0
         queue.add_listener(self.wake)
 
     def wake(self) -> None:
@@ -73,10 +97,25 @@ class Dispatcher:
         self._ack_subscription = await self.bus.consume_acks(self.settings.ack_to, self._on_ack)
         log.info("alarmd dispatching as %s (ack_to=%s)", self.node, self.settings.ack_to)
         while not self._stopping.is_set():
-            claimed = await self.dispatch_once()
+            try:
+                claimed = await self.dispatch_once()
+                self._db_backoff = 0.0
+            except sa.exc.SQLAlchemyError as exc:
+                self._db_backoff = _next_backoff(self._db_backoff)
+                log.warning("database error while claiming (%s); retrying in %.1fs", _short(exc), self._db_backoff)
+                await self._pause(self._db_backoff)
+                continue
+            if self._bus_backoff:
+                await self._pause(self._bus_backoff)
+                continue
             if claimed >= self.settings.batch_size:
                 continue  # more may be due right now
-            await self._sleep_until_due()
+            try:
+                await self._sleep_until_due()
+            except sa.exc.SQLAlchemyError as exc:
+                self._db_backoff = _next_backoff(self._db_backoff)
+                log.warning("database error while waiting (%s); retrying in %.1fs", _short(exc), self._db_backoff)
+                await self._pause(self._db_backoff)
 
     async def close(self, grace: float = 5.0) -> None:
         """Wait up to ``grace`` seconds for acks of what this process published, then stop consuming acks.
@@ -101,29 +140,40 @@ class Dispatcher:
     async def dispatch_once(self) -> int:
         """Claim one batch and publish it; return how many were claimed."""
         now = self.clock()
+        limit = 1 if self._bus_backoff else self.settings.batch_size
         batch = await asyncio.to_thread(
-            self.queue.claim_due,
+            self.queue.claim,
             now=now,
-            limit=self.settings.batch_size,
-            lease=timedelta(seconds=self.settings.ack_timeout),
+            limit=limit,
             owner=self.node,
+            policy=self.policy,
+            late_limit=self._catchup.available(now),
         )
-        if not batch:
+        self._catchup.take(batch.late)
+        self._backlog_waiting = batch.late_limited
+        self.expired += batch.expired
+        self.failed += batch.failed
+        if not batch.claimed:
             return 0
-        results = await asyncio.gather(*(self._publish(c) for c in batch), return_exceptions=True)
-        failed = [c for c, r in zip(batch, results, strict=True) if isinstance(r, BaseException)]
+        results = await asyncio.gather(*(self._publish(c) for c in batch.claimed), return_exceptions=True)
+        failed = [c for c, r in zip(batch.claimed, results, strict=True) if isinstance(r, BaseException)]
         if failed:
             reason = f"publish failed: {next(r for r in results if isinstance(r, BaseException))}"
+            self._bus_backoff = _next_backoff(self._bus_backoff)
             log.warning(
-                "%d of %d notifications not published (%s); retrying in %s",
+                "%d of %d notifications not published (%s); due again in %s, claiming paused for %.1fs",
                 len(failed),
-                len(batch),
+                len(batch.claimed),
                 reason,
                 PUBLISH_RETRY,
+                self._bus_backoff,
             )
             await asyncio.to_thread(self.queue.release, failed, now=self.clock(), delay=PUBLISH_RETRY, reason=reason)
-        self.published += len(batch) - len(failed)
-        return len(batch)
+        elif self._bus_backoff:
+            log.info("publishing works again; claiming resumes")
+            self._bus_backoff = 0.0
+        self.published += len(batch.claimed) - len(failed)
+        return len(batch.claimed)
 
     async def _publish(self, claimed: ClaimedAlarm) -> None:
         notification = Notification(
@@ -142,14 +192,28 @@ class Dispatcher:
 
     async def _sleep_until_due(self) -> None:
         self._wake.clear()  # before the query: a wake-up during it must not be lost
-        next_due = await asyncio.to_thread(self.queue.next_due_at)
-        delay = self.settings.safety_poll
+        now = self.clock()
+        late_after = self.policy.late_after
+        if self._backlog_waiting and late_after is not None:
+            # Backlog is waiting for catch-up tokens: wake when a batch of them is saved
+            # up (a second at most) or for the next on-time instance, whichever is first.
+            next_due = await asyncio.to_thread(self.queue.next_due_at, not_before=now - late_after)
+            delay = min(self._catchup.seconds_until(self.settings.batch_size), 1.0)
+        else:
+            next_due = await asyncio.to_thread(self.queue.next_due_at)
+            delay = self.settings.safety_poll
         if next_due is not None:
+            # A clock set back makes this long: the safety poll bounds it.
             delay = min(delay, max(0.0, (next_due - self.clock()).total_seconds()))
         if delay <= 0:
             return
+        await self._pause(delay)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; a wake-up or :meth:`stop` ends it early."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        self._wake.clear()
 
     async def _on_ack(self, ack: Ack) -> None:
         self._outstanding.discard(ack.renl_id)
@@ -168,7 +232,13 @@ class Dispatcher:
                 ack.status,
                 ack.reason,
                 now=self.clock(),
-                retry_delay=retry_delay(attempt),
+                retry_delay=retry_delay(
+                    attempt,
+                    base=timedelta(seconds=self.settings.retry_base),
+                    cap=timedelta(seconds=self.settings.retry_cap),
+                    jitter=JITTER,
+                ),
+                max_attempts=self.settings.max_attempts,
             )
         except Exception:
             log.exception("could not record the ack for alarm=%d; it will be republished after its lease", alarm_id)
@@ -184,3 +254,11 @@ class Dispatcher:
             outcome.value,
             ack.reason[:200],
         )
+
+
+def _next_backoff(current: float) -> float:
+    return min(max(current * 2, FAULT_BACKOFF_MIN), FAULT_BACKOFF_MAX)
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]

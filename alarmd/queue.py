@@ -6,8 +6,9 @@ that depends on time takes ``now``; nothing here reads the clock.
 State machine of an instance (one row of ``alarms``)::
 
     put ──▶ pending ──claim──▶ inflight ──ack delivered──▶ (row deleted, history kept)
-               ▲                  │ ├──ack failed──▶ failed
-               └──ack retry / publish failed (backoff)     │ └──no ack by next_at──▶ claimed again
+             │  ▲                 │ ├──ack failed, or the last attempt retried / unanswered──▶ failed
+             │  └──ack retry / publish failed (backoff)     └──no ack by next_at──▶ claimed again
+             └──more than max_lateness overdue when claimed, never sent──▶ expired
 """
 
 from __future__ import annotations
@@ -24,16 +25,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import sqlalchemy as sa
 
 from alarmd.ical import CalendarError, CalendarObject, parse_calendar
+from alarmd.policy import JITTER, retry_delay
 from alarmd.triggers import DEFAULT_MIN_INTERVAL, PlannedAlarm, QueuePlan, plan_queue
 from common.db.engine import create_engine_from_url
 from common.db.tables import alarm_history, alarms, sources
 from common.ens.envelope import AckStatus
 from common.ens.reference import EventReference
-from common.settings import Settings
+from common.settings import AlarmdSettings, Settings
 
 log = logging.getLogger(__name__)
 
 LIVE_STATES = ("pending", "inflight")
+MARK_BATCH = 1000  # rows expired or failed per claim: bounds one transaction after a long downtime
 NOTIFY_CHANNEL = "calalarm_queue"
 # The columns that name an instance in history rows (alarm_id = alarms.id).
 _KEY = (alarms.c.id, alarms.c.calid, alarms.c.uid, alarms.c.rid, alarms.c.aid, alarms.c.trigger_at)
@@ -92,6 +95,44 @@ class ClaimedAlarm:
     @property
     def renl_id(self) -> str:
         return f"{self.id}:{self.attempt}"
+
+
+@dataclass(frozen=True)
+class ClaimPolicy:
+    """How :meth:`AlarmQueue.claim` treats what is due (see there); from ``[alarmd]`` settings."""
+
+    lease: timedelta
+    late_after: timedelta | None = None  # None: one lane, no backlog
+    max_lateness: timedelta = timedelta(0)  # 0: never expire
+    max_attempts: int = 0  # 0: no limit
+    backoff: Callable[[int], timedelta] | None = None  # attempt → delay, for unanswered attempts
+
+    @classmethod
+    def from_settings(cls, settings: AlarmdSettings) -> ClaimPolicy:
+        return cls(
+            lease=timedelta(seconds=settings.ack_timeout),
+            late_after=timedelta(seconds=settings.late_after),
+            max_lateness=timedelta(seconds=settings.max_lateness),
+            max_attempts=settings.max_attempts,
+            backoff=lambda attempt: retry_delay(
+                attempt,
+                base=timedelta(seconds=settings.retry_base),
+                cap=timedelta(seconds=settings.retry_cap),
+                jitter=JITTER,
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class ClaimBatch:
+    """What one claim did: the instances to publish (``late`` of them backlog; ``late_limited``
+    when the catch-up limit stopped the backlog lane), and how many it expired or failed."""
+
+    claimed: list[ClaimedAlarm]
+    late: int = 0
+    late_limited: bool = False
+    expired: int = 0
+    failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -416,29 +457,111 @@ class AlarmQueue:
     # ---------------------------------------------------------------- dispatch
 
     def claim_due(self, *, now: datetime, limit: int, lease: timedelta, owner: str) -> list[ClaimedAlarm]:
-        """Claim up to ``limit`` due instances for ``lease``; each claim is a new attempt.
+        """:meth:`claim` with nothing but a lease: every due instance, oldest first."""
+        return self.claim(now=now, limit=limit, owner=owner, policy=ClaimPolicy(lease=lease)).claimed
+
+    def claim(
+        self, *, now: datetime, limit: int, owner: str, policy: ClaimPolicy, late_limit: int | None = None
+    ) -> ClaimBatch:
+        """Claim up to ``limit`` due instances for ``policy.lease``; each claim is a new attempt.
 
         Due means pending or in flight with ``next_at <= now``: an instance whose
-        ack did not arrive within its lease is simply due again. On PostgreSQL
-        ``FOR UPDATE SKIP LOCKED`` lets several dispatchers claim side by side
-        without waiting on or double-claiming each other's rows; on SQLite (one
-        writer at a time) the UPDATE re-checks the due condition, so a row is
-        claimed by one statement only.
+        ack did not arrive within its lease is simply due again. In one transaction:
+
+        1. never-sent instances more than ``policy.max_lateness`` overdue are marked
+           ``expired`` (kept for the operator, not sent);
+        2. in-flight instances whose lease ran out after ``policy.max_attempts``
+           attempts are marked ``failed`` with the last reason;
+        3. on-time instances (due less than ``policy.late_after`` ago) are claimed
+           first, earliest first;
+        4. then backlog (due longer ago), most recent first, at most ``late_limit``
+           of them (the dispatcher's catch-up rate).
+
+        A claimed attempt N ≥ 2 (its predecessor got no ack) waits its lease plus the
+        backoff of attempt N-1 before it is due again. On PostgreSQL ``FOR UPDATE SKIP
+        LOCKED`` lets several dispatchers claim side by side without waiting on or
+        double-claiming each other's rows; on SQLite (one writer at a time) each
+        UPDATE re-checks the due condition, so a row is claimed by one statement only.
         """
-        due = (
-            sa.select(alarms.c.id)
-            .where(alarms.c.state.in_(LIVE_STATES), alarms.c.next_at <= now)
-            .order_by(alarms.c.next_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
+        due = sa.and_(alarms.c.state.in_(LIVE_STATES), alarms.c.next_at <= now)
+        with self.engine.begin() as conn:
+            expired = failed = 0
+            if policy.max_lateness > timedelta(0):
+                expired = self._mark(
+                    conn,
+                    sa.and_(
+                        alarms.c.state == State.PENDING,
+                        alarms.c.attempts == 0,
+                        alarms.c.next_at <= now,
+                        alarms.c.trigger_at < now - policy.max_lateness,
+                    ),
+                    State.EXPIRED,
+                    sa.literal(f"not sent: more than {_span(policy.max_lateness)} overdue (alarmd.max_lateness)"),
+                    now,
+                )
+            if policy.max_attempts:
+                failed = self._mark(
+                    conn,
+                    sa.and_(
+                        alarms.c.state == State.INFLIGHT,
+                        alarms.c.next_at <= now,
+                        alarms.c.attempts >= policy.max_attempts,
+                    ),
+                    State.FAILED,
+                    sa.literal(f"no ack after {policy.max_attempts} attempts (alarmd.max_attempts); last: ")
+                    + sa.func.coalesce(alarms.c.last_error, "none"),
+                    now,
+                )
+            if policy.late_after is None:
+                claimed = self._claim_lane(conn, due, alarms.c.next_at.asc(), limit, now, policy, owner)
+                late: list[ClaimedAlarm] = []
+            else:
+                recent = now - policy.late_after
+                claimed = self._claim_lane(
+                    conn, sa.and_(due, alarms.c.next_at >= recent), alarms.c.next_at.asc(), limit, now, policy, owner
+                )
+                room = limit - len(claimed) if late_limit is None else min(late_limit, limit - len(claimed))
+                late = self._claim_lane(
+                    conn, sa.and_(due, alarms.c.next_at < recent), alarms.c.next_at.desc(), room, now, policy, owner
+                )
+            everything = claimed + late
+            everything.sort(key=lambda c: c.trigger)
+            self._history(
+                conn,
+                [c.key for c in everything],
+                "published",
+                now,
+                attempt=[c.attempt for c in everything],
+                detail=f"by {owner}",
+            )
+        return ClaimBatch(
+            everything,
+            late=len(late),
+            late_limited=late_limit is not None and len(late) >= late_limit,
+            expired=expired,
+            failed=failed,
         )
+
+    def _claim_lane(
+        self,
+        conn: sa.Connection,
+        where: sa.ColumnElement[bool],
+        order: sa.UnaryExpression[Any],
+        limit: int,
+        now: datetime,
+        policy: ClaimPolicy,
+        owner: str,
+    ) -> list[ClaimedAlarm]:
+        if limit <= 0:
+            return []
+        chosen = sa.select(alarms.c.id).where(where).order_by(order).limit(limit).with_for_update(skip_locked=True)
         stmt = (
             sa.update(alarms)
-            .where(alarms.c.id.in_(due.scalar_subquery()), alarms.c.state.in_(LIVE_STATES), alarms.c.next_at <= now)
+            .where(alarms.c.id.in_(chosen.scalar_subquery()), where)
             .values(
                 state=State.INFLIGHT,
                 attempts=alarms.c.attempts + 1,
-                next_at=now + lease,
+                next_at=now + policy.lease,
                 claimed_by=owner,
                 updated_at=now,
             )
@@ -454,22 +577,49 @@ class AlarmQueue:
                 alarms.c.payload,
             )
         )
-        with self.engine.begin() as conn:
-            rows = conn.execute(stmt).all()
-            claimed = [
-                ClaimedAlarm(r.id, r.attempts, r.component, r.calid, r.uid, r.rid, r.aid, r.trigger_at, r.payload)
-                for r in rows
-            ]
-            claimed.sort(key=lambda c: c.trigger)
-            self._history(
-                conn,
-                [c.key for c in claimed],
-                "published",
-                now,
-                attempt=[c.attempt for c in claimed],
-                detail=f"by {owner}",
+        claimed = [
+            ClaimedAlarm(r.id, r.attempts, r.component, r.calid, r.uid, r.rid, r.aid, r.trigger_at, r.payload)
+            for r in conn.execute(stmt)
+        ]
+        again = [c for c in claimed if c.attempt >= 2]
+        if again and policy.backoff is not None:
+            # The previous attempt went unanswered: give this one longer before the next.
+            conn.execute(
+                sa.update(alarms)
+                .where(alarms.c.id == sa.bindparam("alarm_id"), alarms.c.attempts == sa.bindparam("attempt"))
+                .values(next_at=sa.bindparam("next_at")),
+                [
+                    {
+                        "alarm_id": c.id,
+                        "attempt": c.attempt,
+                        "next_at": now + policy.lease + policy.backoff(c.attempt - 1),
+                    }
+                    for c in again
+                ],
             )
         return claimed
+
+    def _mark(
+        self,
+        conn: sa.Connection,
+        where: sa.ColumnElement[bool],
+        state: State,
+        reason: sa.ColumnElement[Any],
+        now: datetime,
+    ) -> int:
+        """Move up to :data:`MARK_BATCH` rows matching ``where`` to ``state`` with ``reason``."""
+        chosen = sa.select(alarms.c.id).where(where).limit(MARK_BATCH).with_for_update(skip_locked=True)
+        rows = conn.execute(
+            sa.update(alarms)
+            .where(alarms.c.id.in_(chosen.scalar_subquery()), where)
+            .values(state=state, last_error=reason, updated_at=now)
+            .returning(*_KEY, alarms.c.attempts, alarms.c.last_error)
+        ).all()
+        for row in rows:
+            self._history(conn, [tuple(row)[:6]], state.value, now, attempt=row.attempts, detail=row.last_error)
+        if rows:
+            log.warning("%d instance(s) marked %s: %s", len(rows), state.value, rows[0].last_error)
+        return len(rows)
 
     def release(self, claimed: Iterable[ClaimedAlarm], *, now: datetime, delay: timedelta, reason: str) -> None:
         """Hand back claims that could not be published; they are due again after ``delay``."""
@@ -498,14 +648,23 @@ class AlarmQueue:
             )
 
     def ack(
-        self, alarm_id: int, attempt: int, status: AckStatus, reason: str, *, now: datetime, retry_delay: timedelta
+        self,
+        alarm_id: int,
+        attempt: int,
+        status: AckStatus,
+        reason: str,
+        *,
+        now: datetime,
+        retry_delay: timedelta,
+        max_attempts: int = 0,
     ) -> AckOutcome:
         """Apply an end-to-end ack.
 
         ``delivered`` deletes the instance whatever attempt it names, exactly once
         (the DELETE decides; a second ack finds nothing). ``failed`` and ``retry``
         only count when they answer the current attempt of an in-flight instance;
-        an older attempt's verdict is stale.
+        an older attempt's verdict is stale. A ``retry`` for attempt ``max_attempts``
+        (0: no limit) marks the instance failed with that reason.
         """
         with self.engine.begin() as conn:
             if status is AckStatus.DELIVERED:
@@ -521,6 +680,9 @@ class AlarmQueue:
                 return AckOutcome.UNKNOWN
             if row.state != State.INFLIGHT or row.attempts != attempt:
                 return AckOutcome.STALE
+            if status is AckStatus.RETRY and max_attempts and attempt >= max_attempts:
+                reason = f"gave up after {attempt} attempts (alarmd.max_attempts); last: {reason or 'retry'}"
+                status = AckStatus.FAILED
             if status is AckStatus.FAILED:
                 values: dict[str, Any] = {"state": State.FAILED, "last_error": reason or "failed", "updated_at": now}
                 event, outcome = "failed", AckOutcome.FAILED
@@ -540,13 +702,26 @@ class AlarmQueue:
             self._changed()
         return outcome
 
-    def next_due_at(self) -> datetime | None:
-        """The earliest ``next_at`` of a live instance, or None when nothing is queued."""
+    def next_due_at(self, *, not_before: datetime | None = None) -> datetime | None:
+        """The earliest ``next_at`` of a live instance (at or after ``not_before``, when
+        given), or None when there is none."""
+        where: sa.ColumnElement[bool] = alarms.c.state.in_(LIVE_STATES)
+        if not_before is not None:
+            where = sa.and_(where, alarms.c.next_at >= not_before)
         with self.engine.connect() as conn:
-            value = conn.execute(
-                sa.select(sa.func.min(alarms.c.next_at)).where(alarms.c.state.in_(LIVE_STATES))
-            ).scalar()
+            value = conn.execute(sa.select(sa.func.min(alarms.c.next_at)).where(where)).scalar()
         return _aware(value)
+
+    def purge_history(self, *, before: datetime, batch: int = 10_000) -> int:
+        """Delete history rows recorded before ``before``, ``batch`` rows per transaction; return how many."""
+        total = 0
+        while True:
+            chosen = sa.select(alarm_history.c.id).where(alarm_history.c.at < before).limit(batch)
+            with self.engine.begin() as conn:
+                deleted = conn.execute(sa.delete(alarm_history).where(alarm_history.c.id.in_(chosen))).rowcount
+            total += int(deleted)
+            if deleted < batch:
+                return total
 
     # ---------------------------------------------------------------- inspect
 
@@ -677,6 +852,15 @@ def _aware(value: datetime | str | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value
+
+
+def _span(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    if seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
 
 
 def _iso(value: datetime) -> str:

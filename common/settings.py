@@ -98,6 +98,13 @@ class AlarmdSettings:
     horizon_days: float = 7.0  # recurring series are materialised this far ahead (and at least the next instance)
     extend_every: float = 3600.0  # seconds between runs of the job that moves the horizon forward
     min_interval: float = 300.0  # seconds; denser alarms of one series are thinned to one per slot and reported
+    max_attempts: int = 10  # publishes of one instance (missing acks and retry acks) before it is marked failed
+    retry_base: float = 30.0  # seconds of backoff after the first retry ack or missing ack; doubles each time
+    retry_cap: float = 3600.0  # longest backoff, seconds (each delay is jittered by ±20%)
+    max_lateness: float = 3600.0  # seconds overdue at which a never-sent instance is expired, not sent; 0 = always send
+    late_after: float = 60.0  # seconds overdue after which an instance is backlog, sent under alarmd.catchup_rate
+    catchup_rate: float = 100.0  # backlog instances published per second (bursts of as many), most recent first
+    history_retention: float = 30 * 86400.0  # seconds alarm_history rows are kept; purged hourly
 
 
 @dataclass(frozen=True)
@@ -227,6 +234,18 @@ def _validate(settings: Settings) -> None:
         )
     if settings.alarmd.min_interval < 0:
         raise ConfigError("alarmd.min_interval must be 0 (no limit) or a positive number of seconds")
+    if settings.alarmd.max_attempts < 1:
+        raise ConfigError("alarmd.max_attempts must be at least 1 (default 10)")
+    if not 0 < settings.alarmd.retry_base <= settings.alarmd.retry_cap:
+        raise ConfigError("alarmd.retry_base must be positive and at most alarmd.retry_cap (defaults 30 and 3600)")
+    if settings.alarmd.max_lateness < 0:
+        raise ConfigError("alarmd.max_lateness must be 0 (always send) or a positive number of seconds")
+    if settings.alarmd.late_after < 0:
+        raise ConfigError("alarmd.late_after must be 0 or a positive number of seconds (default 60)")
+    if settings.alarmd.catchup_rate <= 0:
+        raise ConfigError("alarmd.catchup_rate must be a positive number of instances per second (default 100)")
+    if settings.alarmd.history_retention <= 0:
+        raise ConfigError("alarmd.history_retention must be a positive number of seconds (default 30 days)")
     if settings.notifyd.concurrency < 1:
         raise ConfigError("notifyd.concurrency must be at least 1")
     if settings.notifyd.description_max < 100:

@@ -644,10 +644,10 @@ class AlarmQueue:
     ) -> list[ClaimedAlarm]:
         if limit <= 0:
             return []
-        chosen = sa.select(alarms.c.id).where(where).order_by(order).limit(limit).with_for_update(skip_locked=True)
+        chosen = _chosen(sa.select(alarms.c.id).where(where).order_by(order).limit(limit))
         stmt = (
             sa.update(alarms)
-            .where(alarms.c.id.in_(chosen.scalar_subquery()), where)
+            .where(alarms.c.id == chosen.c.id, where)
             .values(
                 state=State.INFLIGHT,
                 attempts=alarms.c.attempts + 1,
@@ -698,10 +698,10 @@ class AlarmQueue:
         now: datetime,
     ) -> int:
         """Move up to :data:`MARK_BATCH` rows matching ``where`` to ``state`` with ``reason``."""
-        chosen = sa.select(alarms.c.id).where(where).limit(MARK_BATCH).with_for_update(skip_locked=True)
+        chosen = _chosen(sa.select(alarms.c.id).where(where).limit(MARK_BATCH))
         rows = conn.execute(
             sa.update(alarms)
-            .where(alarms.c.id.in_(chosen.scalar_subquery()), where)
+            .where(alarms.c.id == chosen.c.id, where)
             .values(state=state, last_error=reason, updated_at=now)
             .returning(*_KEY, alarms.c.attempts, alarms.c.last_error)
         ).all()
@@ -925,6 +925,17 @@ def _row(p: PlannedAlarm, now: datetime) -> dict[str, Any]:
         "created_at": now,
         "updated_at": now,
     }
+
+
+def _chosen(select: sa.Select[tuple[int]]) -> sa.CTE:
+    """The rows an UPDATE may take, locked and chosen once.
+
+    A materialised CTE, not ``id IN (subquery)``: PostgreSQL may run such a subquery
+    again for every outer row (a nested-loop semi join), and with SKIP LOCKED each run
+    skips the rows already taken, so the LIMIT was not kept and one claim took every
+    due row (found by tests/integration/test_concurrent_dispatchers.py).
+    """
+    return select.with_for_update(skip_locked=True).cte("chosen").prefix_with("MATERIALIZED", dialect="postgresql")
 
 
 def _single_row(payload: AlarmPayload, now: datetime) -> dict[str, Any] | None:

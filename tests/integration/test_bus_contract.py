@@ -16,14 +16,13 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any, Generic, TypeVar
 
-import aio_pika
 import pytest
 
 from common.ens import Ack, AckStatus, Bus, BusUnavailable, EventReference, Notification, Renl
 from common.ens.abc import NotificationHandler
 from common.ens.amqp import AmqpBus, split_url
 from common.ens.memory import MemoryBus
-from tests.services import RABBITMQ_URL, require_rabbitmq, unique_exchange
+from tests.buses import Buses, open_buses
 
 T = TypeVar("T")
 WAIT = 5.0  # the longest any single expectation may take; normally milliseconds
@@ -51,63 +50,10 @@ class Inbox(Generic[T]):
         return self.items
 
 
-class Buses:
-    """Makes buses on one medium: the shared in-process bus, or AMQP connections on one exchange."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.exchange = unique_exchange()
-        self.made: list[Bus] = []
-        self._memory = MemoryBus()
-
-    @property
-    def url(self) -> str:
-        return f"{RABBITMQ_URL}?exchange={self.exchange}"
-
-    async def new(self) -> Bus:
-        """A started bus; under AMQP a new connection (another process, as it were)."""
-        bus: Bus = self._memory if self.kind == "memory" else AmqpBus(self.url, timeout=WAIT)
-        await bus.start()
-        self.made.append(bus)
-        return bus
-
-    async def aclose(self) -> None:
-        for bus in self.made:
-            await bus.close()
-        await self._memory.close()
-        if self.kind == "amqp":
-            queues = set().union(*(bus.durable_queues for bus in self.made if isinstance(bus, AmqpBus)))
-            await delete_from_broker(self.exchange, queues)
-
-
-async def delete_from_broker(exchange: str, queues: set[str]) -> None:
-    """Remove a test's exchange and durable queues from RabbitMQ."""
-    failures: list[str] = []
-    connection = await aio_pika.connect(RABBITMQ_URL)
-    try:
-        for name, delete in [*((q, "queue") for q in sorted(queues)), (exchange, "exchange")]:
-            try:  # a channel of its own each time: a failed delete closes its channel
-                async with connection.channel() as channel:
-                    if delete == "queue":
-                        await channel.queue_delete(name)
-                    else:
-                        await channel.exchange_delete(name)
-            except (aio_pika.exceptions.AMQPError, ValueError) as exc:
-                failures.append(f"{delete} {name!r}: {exc!r}")
-    finally:
-        await connection.close()
-    assert not failures, f"could not clean up RabbitMQ: {failures}"
-
-
 @pytest.fixture(params=["memory", pytest.param("amqp", marks=pytest.mark.rabbitmq)])
 async def buses(request: pytest.FixtureRequest) -> AsyncIterator[Buses]:
-    if request.param == "amqp":
-        require_rabbitmq()
-    made = Buses(request.param)
-    try:
+    async with open_buses(request.param, amqp_timeout=WAIT) as made:
         yield made
-    finally:
-        await made.aclose()
 
 
 def notification(

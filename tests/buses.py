@@ -1,0 +1,76 @@
+"""Buses for tests: the one in-process bus, or AMQP connections on an exchange of the test's own
+(its durable queues and the exchange deleted at the end), behind one interface."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aio_pika
+
+from common.ens.abc import Bus
+from common.ens.amqp import AmqpBus
+from common.ens.memory import MemoryBus
+from tests.services import RABBITMQ_URL, require_rabbitmq, unique_exchange
+
+
+class Buses:
+    """Makes buses on one medium: the shared in-process bus, or AMQP connections on one exchange."""
+
+    def __init__(self, kind: str, *, timeout: float = 5.0) -> None:
+        self.kind = kind
+        self.timeout = timeout
+        self.exchange = unique_exchange()
+        self.made: list[Bus] = []
+        self._memory = MemoryBus()
+
+    @property
+    def url(self) -> str:
+        return f"{RABBITMQ_URL}?exchange={self.exchange}"
+
+    async def new(self) -> Bus:
+        """A started bus; under AMQP a new connection (another process, as it were)."""
+        bus: Bus = self._memory if self.kind == "memory" else AmqpBus(self.url, timeout=self.timeout)
+        await bus.start()
+        self.made.append(bus)
+        return bus
+
+    async def aclose(self) -> None:
+        for bus in self.made:
+            await bus.close()
+        await self._memory.close()
+        if self.kind == "amqp":
+            queues = set().union(*(bus.durable_queues for bus in self.made if isinstance(bus, AmqpBus)))
+            await delete_from_broker(self.exchange, queues)
+
+
+async def delete_from_broker(exchange: str, queues: set[str]) -> None:
+    """Remove a test's exchange and durable queues from RabbitMQ."""
+    failures: list[str] = []
+    connection = await aio_pika.connect(RABBITMQ_URL)
+    try:
+        for name, delete in [*((q, "queue") for q in sorted(queues)), (exchange, "exchange")]:
+            try:  # a channel of its own each time: a failed delete closes its channel
+                async with connection.channel() as channel:
+                    if delete == "queue":
+                        await channel.queue_delete(name)
+                    else:
+                        await channel.exchange_delete(name)
+            except (aio_pika.exceptions.AMQPError, ValueError) as exc:
+                failures.append(f"{delete} {name!r}: {exc!r}")
+    finally:
+        await connection.close()
+    assert not failures, f"could not clean up RabbitMQ: {failures}"
+
+
+@asynccontextmanager
+async def open_buses(kind: str, *, amqp_timeout: float = 5.0) -> AsyncIterator[Buses]:
+    """``Buses`` of ``kind`` ("memory" or "amqp"; the latter skips, or fails under CI, without
+    RabbitMQ), closed and cleaned up afterwards."""
+    if kind == "amqp":
+        require_rabbitmq()
+    made = Buses(kind, timeout=amqp_timeout)
+    try:
+        yield made
+    finally:
+        await made.aclose()

@@ -148,7 +148,7 @@ async def test_a_backward_clock_jump_stalls_no_longer_than_the_safety_poll(sqlit
             s.clock.now = NOW + timedelta(seconds=1)  # the clock is right again
             started = asyncio.get_running_loop().time()
             await eventually(lambda: s.published["e1"] == 1, within=2.0)
-            assert asyncio.get_running_loop().time() - started <= 0.2 + 0.3  # the safety poll, and slack
+            assert asyncio.get_running_loop().time() - started <= 0.2 + 0.8  # the safety poll, and slack for a busy CI
         finally:
             await s.dispatcher.close(grace=0.1)
             await run

@@ -24,11 +24,10 @@ import contextlib
 import logging
 import os
 import socket
-from datetime import timedelta
 
 import sqlalchemy as sa
 
-from alarmd.policy import JITTER, PUBLISH_RETRY, TokenBucket, parse_renl_id, retry_delay
+from alarmd.policy import PUBLISH_RETRY, TokenBucket, jittered_backoff, parse_renl_id
 from alarmd.queue import AckOutcome, AlarmQueue, ClaimedAlarm, ClaimPolicy
 from common.clock import Clock, utcnow
 from common.ens.abc import Bus, Subscription
@@ -64,6 +63,7 @@ class Dispatcher:
         self._ack_subscription: Subscription | None = None
         self._outstanding: set[str] = set()  # renl ids published by this process, not yet acked
         self._all_acked = asyncio.Event()
+        self._backoff = jittered_backoff(settings.retry_base, settings.retry_cap)
         self.policy = ClaimPolicy.from_settings(settings)
         self._catchup = TokenBucket.full(settings.catchup_rate, max(settings.catchup_rate, 1.0), clock())
         self._backlog_waiting = False  # the last claim left backlog for want of catch-up tokens
@@ -232,12 +232,7 @@ class Dispatcher:
                 ack.status,
                 ack.reason,
                 now=self.clock(),
-                retry_delay=retry_delay(
-                    attempt,
-                    base=timedelta(seconds=self.settings.retry_base),
-                    cap=timedelta(seconds=self.settings.retry_cap),
-                    jitter=JITTER,
-                ),
+                retry_delay=self._backoff(attempt),
                 max_attempts=self.settings.max_attempts,
             )
         except Exception:

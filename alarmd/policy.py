@@ -31,6 +31,13 @@ def retry_delay(
     return delay
 
 
+def jittered_backoff(base_seconds: float, cap_seconds: float) -> Callable[[int], timedelta]:
+    """attempt → :func:`retry_delay` with ``base``, ``cap`` and :data:`JITTER`: the backoff
+    alarmd uses for retry acks and unanswered attempts alike."""
+    base, cap = timedelta(seconds=base_seconds), timedelta(seconds=cap_seconds)
+    return lambda attempt: retry_delay(attempt, base=base, cap=cap, jitter=JITTER)
+
+
 def is_stale(trigger_at: datetime, now: datetime, max_lateness: timedelta) -> bool:
     """An instance never sent that is more than ``max_lateness`` overdue is expired, not sent
     (``max_lateness`` 0: never)."""

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
 from alarmd.ical import CalendarError, CalendarObject, parse_calendar
-from alarmd.policy import JITTER, retry_delay
+from alarmd.policy import jittered_backoff
 from alarmd.triggers import DEFAULT_MIN_INTERVAL, PlannedAlarm, QueuePlan, plan_queue
 from common.db.engine import create_engine_from_url
 from common.db.tables import alarm_history, alarms, sources
@@ -137,12 +137,7 @@ class ClaimPolicy:
             late_after=timedelta(seconds=settings.late_after),
             max_lateness=timedelta(seconds=settings.max_lateness),
             max_attempts=settings.max_attempts,
-            backoff=lambda attempt: retry_delay(
-                attempt,
-                base=timedelta(seconds=settings.retry_base),
-                cap=timedelta(seconds=settings.retry_cap),
-                jitter=JITTER,
-            ),
+            backoff=jittered_backoff(settings.retry_base, settings.retry_cap),
         )
 
 
@@ -705,9 +700,11 @@ class AlarmQueue:
             .values(state=state, last_error=reason, updated_at=now)
             .returning(*_KEY, alarms.c.attempts, alarms.c.last_error)
         ).all()
-        for row in rows:
-            self._history(conn, [tuple(row)[:6]], state.value, now, attempt=row.attempts, detail=row.last_error)
         if rows:
+            conn.execute(
+                sa.insert(alarm_history),
+                [_history_row(row[:6], state.value, now, attempt=row.attempts, detail=row.last_error) for row in rows],
+            )
             log.warning("%d instance(s) marked %s: %s", len(rows), state.value, rows[0].last_error)
         return len(rows)
 

@@ -19,6 +19,7 @@ from alarmd.dispatcher import Dispatcher
 from alarmd.jobs import start_periodic_jobs
 from alarmd.queue import AlarmQueue
 from alarmd.wakeup import listen_for_enqueues
+from common import eventloop
 from common.clock import utcnow
 from common.db import migrate
 from common.ens import create_bus
@@ -133,7 +134,7 @@ def main(config: str | None, with_notifier: bool, demo: bool, log_level: str) ->
         with_notifier = True
         (DEMO_DIR / "demo.db").unlink(missing_ok=True)
     try:
-        asyncio.run(serve(settings, with_notifier=with_notifier, demo=demo))
+        eventloop.run(serve(settings, with_notifier=with_notifier, demo=demo))
     except ConfigError as exc:
         click.echo(f"alarmd: configuration: {exc}", err=True)
         sys.exit(2)

@@ -40,8 +40,10 @@ class BusSettings:
 class SmtpSettings:
     url: str = "smtp://127.0.0.1:25"
     sender: str = "Calendar reminders <calalarm@localhost>"
-    timeout: float = 20.0  # per SMTP operation (connect, one command, one reply)
-    deadline: float = 40.0  # one message as a whole: waiting for a connection and a token included
+    timeout: float = 20.0  # per SMTP operation while a session opens (connect, TLS, EHLO, AUTH) and for QUIT
+    # One message as a whole (its MAIL, RCPT and DATA have no timeout of their own),
+    # waiting for a connection and a rate-limit token included.
+    deadline: float = 40.0
     allow_plaintext: bool = False  # smtp:// without STARTTLS; only for a relay on this host or a trusted network
     username: str = ""
     password: str = field(default="", repr=False)  # prefer password_file or CALALARM_SMTP_PASSWORD

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
+from common import eventloop
 from common.db import create_engine_from_url, migrate
 from common.ens import BusError, create_bus
 from common.settings import ConfigError, Settings, load_settings
@@ -58,7 +59,7 @@ def main(config_path: Path | None) -> None:
     if settings.bus.url.startswith("memory:"):
         click.echo(f"notifyd: {MEMORY_BUS_REFUSED}", err=True)
         sys.exit(EXIT_CONFIG)
-    sys.exit(asyncio.run(serve(settings)))
+    sys.exit(eventloop.run(serve(settings)))
 
 
 async def serve(settings: Settings) -> int:

@@ -73,6 +73,7 @@ class EnvelopeFacts(NamedTuple):
     mail_from: str
     tls: bool  # the session was encrypted (STARTTLS or implicit TLS) when the data came
     login: str  # the AUTH login of the session; "" without AUTH
+    mail_options: tuple[str, ...] = ()  # the options of MAIL FROM (SIZE=…, SMTPUTF8)
 
 
 def server_tls_context(ca: trustme.CA, host: str = "127.0.0.1") -> ssl.SSLContext:
@@ -194,6 +195,7 @@ class _Handler:
             mail_from=str(envelope.mail_from or ""),
             tls=transport is not None and transport.get_extra_info("ssl_object") is not None,
             login=str(session.auth_data or "") if session.authenticated else "",
+            mail_options=tuple(envelope.mail_options),
         )
         await recorder._record(ReceivedMessage(message, list(envelope.rcpt_tos)), facts)
         return "250 2.0.0 OK: recorded"
@@ -236,6 +238,7 @@ async def recording_smtp_server(
     credentials: Mapping[str, str] | None = None,
     mail_reply: str | None = None,
     data_reply: str | None = None,
+    smtputf8: bool = True,
 ) -> AsyncIterator[RecordingSmtpServer]:
     """Run a recording SMTP server on 127.0.0.1 (a free port) for the ``async with`` block."""
     if implicit_tls and tls is None:
@@ -258,7 +261,7 @@ async def recording_smtp_server(
         with warnings.catch_warnings():
             # "Requiring AUTH while not requiring TLS": with implicit TLS it is required, by the socket.
             warnings.simplefilter("ignore", UserWarning)
-            session = SMTP(handler, hostname="calalarm-test-smtp", enable_SMTPUTF8=True, loop=loop, **options)
+            session = SMTP(handler, hostname="calalarm-test-smtp", enable_SMTPUTF8=smtputf8, loop=loop, **options)
         recorder._sessions.add(session)
         recorder.connections += 1
         return session

@@ -19,6 +19,9 @@ EVENT_ALARM = "/ics/eventalarm"
 TODO_ALARM = "/ics/todoalarm"
 _POOL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _BASE = re.compile(r"^(/[A-Za-z0-9_-]+)+$")
+# What urllib.parse.quote leaves as it is (unreserved, plus the safe characters given).
+_KEY_AS_IS = re.compile(r"[A-Za-z0-9_.~-]*")
+_VALUE_AS_IS = re.compile(r"[A-Za-z0-9_.~@:,;-]*")
 
 
 class InvalidReference(ValueError):
@@ -75,7 +78,7 @@ class EventReference:
         # Cached: the quoting is a visible share of a notification's cost, and a
         # reference is printed several times on its way (logs, acks, headers).
         scheme = SCHEME if self.pool is None else POOL_SCHEME_PREFIX + self.pool
-        query = "&".join(f"{quote(k, safe='')}={quote(v, safe='@:+,;')}" for k, v in self.params)
+        query = "&".join(f"{_quoted(k, _KEY_AS_IS, '')}={_quoted(v, _VALUE_AS_IS, '@:,;')}" for k, v in self.params)
         return f"{scheme}://{self.base}" + (f"?{query}" if query else "")
 
     @property
@@ -105,3 +108,8 @@ class EventReference:
         canonical = "&".join(f"{k}={v}" for k, v in sorted(self.params))
         name = f"pool.{self.pool}.{self.routing_key}" if self.pool else self.routing_key
         return name + (f"?{canonical}" if canonical else "")
+
+
+def _quoted(text: str, as_is: re.Pattern[str], safe: str) -> str:
+    """``quote(text, safe=safe)``, without calling it for the common text that needs no quoting."""
+    return text if as_is.fullmatch(text) else quote(text, safe=safe)

@@ -185,6 +185,41 @@ async def test_invalid_address_is_refused_without_asking_the_server() -> None:
         assert server.mail_commands == 1  # the bad-only message never reached the server
 
 
+async def test_the_envelope_declares_the_message_size() -> None:
+    message = message_to("a@example.com")
+    async with recording_smtp_server() as server:
+        async with open_sender(server.url) as sender:
+            result = await sender.send(message, ["a@example.com"])
+        assert result.status is AckStatus.DELIVERED
+        await server.wait_for(1, WAIT)
+        assert f"SIZE={len(message)}" in server.envelopes[0].mail_options
+
+
+async def test_a_non_ascii_mailbox_goes_with_smtputf8_when_the_server_offers_it() -> None:
+    async with recording_smtp_server() as server:
+        async with open_sender(server.url) as sender:
+            result = await send_one(sender, "jürgen@example.com", "a@example.com")
+        assert result == SendResult(AckStatus.DELIVERED, "", {})
+        [(_msg, recipients)] = await server.wait_for(1, WAIT)
+        assert recipients == ["jürgen@example.com", "a@example.com"]
+        assert "SMTPUTF8" in server.envelopes[0].mail_options
+
+
+async def test_without_smtputf8_a_non_ascii_mailbox_is_refused_and_the_others_still_get_theirs() -> None:
+    async with recording_smtp_server(smtputf8=False) as server:
+        async with open_sender(server.url) as sender:
+            mixed = await send_one(sender, "jürgen@example.com", "a@example.com")
+            only = await send_one(sender, "jürgen@example.com")
+        assert mixed.status is AckStatus.DELIVERED
+        assert list(mixed.rejected) == ["jürgen@example.com"]
+        assert "SMTPUTF8" in mixed.rejected["jürgen@example.com"]
+        assert only.status is AckStatus.FAILED
+        assert "SMTPUTF8" in only.reason
+        [(_msg, recipients)] = await server.wait_for(1, WAIT)
+        assert recipients == ["a@example.com"]
+        assert "SMTPUTF8" not in server.envelopes[0].mail_options
+
+
 async def test_connection_refused_is_retry() -> None:
     sender = sender_for(f"smtp://127.0.0.1:{free_port()}")
     result = await send_one(sender)

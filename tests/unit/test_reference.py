@@ -1,4 +1,8 @@
+from urllib.parse import quote
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from common.ens.reference import EventReference, InvalidReference
 
@@ -45,3 +49,19 @@ def test_pool_is_parsed_from_the_scheme() -> None:
 def test_invalid_references_are_rejected(text: str) -> None:
     with pytest.raises(InvalidReference):
         EventReference.parse(text)
+
+
+@given(st.text(max_size=40), st.text(max_size=40))
+def test_a_reference_is_written_as_urllib_quotes_it_and_reads_back(calid: str, uid: str) -> None:
+    # The text skips quote() for values that need none: the same text either way.
+    reference = EventReference("/ics/eventalarm", (("calid", calid), ("uid", uid)))
+    expected = f"enp:///ics/eventalarm?calid={quote(calid, safe='@:,;')}&uid={quote(uid, safe='@:,;')}"
+    assert str(reference) == expected
+    assert EventReference.parse(str(reference)) == reference
+
+
+def test_a_plus_in_a_calendar_id_survives_the_round_trip() -> None:
+    # '+' was written as is and read back as a space by the query parser.
+    reference = EventReference.alarm("event", "bob+work@example.com", "u", "", "1")
+    assert "calid=bob%2Bwork@example.com" in str(reference)
+    assert EventReference.parse(str(reference)).get("calid") == "bob+work@example.com"

@@ -22,7 +22,8 @@ from alarmd.wakeup import listen_for_enqueues
 from common import eventloop
 from common.clock import utcnow
 from common.db import migrate
-from common.ens import create_bus
+from common.ens import BusError, create_bus
+from common.ens.startup import start_when_reachable
 from common.settings import BusSettings, ConfigError, DatabaseSettings, Settings, SmtpSettings, load_settings
 
 log = logging.getLogger("alarmd")
@@ -53,11 +54,22 @@ async def serve(settings: Settings, *, with_notifier: bool, demo: bool) -> None:
     migrate.ensure_schema(settings.database.url)
     queue = AlarmQueue.from_settings(settings)
     bus = create_bus(settings.bus.url)
-    await bus.start()
     dispatcher = Dispatcher(queue, bus, settings.alarmd)
+    stop = asyncio.Event()
+
+    def request_stop() -> None:
+        stop.set()
+        dispatcher.stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, request_stop)
     stack = contextlib.AsyncExitStack()
     async with stack:
         stack.push_async_callback(asyncio.to_thread, queue.close)
+        if not await start_when_reachable(bus, stop, service="alarmd"):
+            log.info("alarmd stopped before the bus answered")
+            return
         stack.push_async_callback(bus.close)
         stack.push_async_callback(dispatcher.close)
         if demo:  # started before the notifier and closed after it, so no send is cut off
@@ -81,9 +93,6 @@ async def serve(settings: Settings, *, with_notifier: bool, demo: bool) -> None:
         scheduler = start_periodic_jobs(queue, settings.alarmd)
         stack.callback(scheduler.shutdown, wait=False)
 
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, dispatcher.stop)
         run = asyncio.create_task(dispatcher.run())
         if demo:
             await enqueue_demo(queue)
@@ -138,6 +147,6 @@ def main(config: str | None, with_notifier: bool, demo: bool, log_level: str) ->
     except ConfigError as exc:
         click.echo(f"alarmd: configuration: {exc}", err=True)
         sys.exit(2)
-    except (migrate.SchemaNotReady, OSError) as exc:
+    except (migrate.SchemaNotReady, BusError, OSError) as exc:
         click.echo(f"alarmd: {exc}", err=True)
         sys.exit(1)

@@ -372,6 +372,8 @@ class AlarmQueue:
             )
             with self.engine.begin() as conn:
                 added = int(conn.execute(_PG_BULK_ENQUEUE, {"rows": document, "now": now}).scalar_one())
+                if added:
+                    _notify_dispatchers(conn)
         else:
             stmt = (
                 sqlite.insert(alarms)
@@ -523,8 +525,7 @@ class AlarmQueue:
                 "queued",
                 now,
             )
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.text(f"NOTIFY {NOTIFY_CHANNEL}"))
+        _notify_dispatchers(conn)
         return len(new), len(kept), len(gone)
 
     def remove(self, calid: str, uid: str, *, now: datetime) -> int:
@@ -995,3 +996,9 @@ def _span(value: timedelta) -> str:
 
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _notify_dispatchers(conn: sa.Connection) -> None:
+    """On PostgreSQL, wake every alarmd listening (``alarmd.wakeup``) when this transaction commits."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text(f"NOTIFY {NOTIFY_CHANNEL}"))

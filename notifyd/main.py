@@ -23,6 +23,7 @@ import click
 from common import eventloop
 from common.db import create_engine_from_url, migrate
 from common.ens import BusError, create_bus
+from common.ens.startup import start_when_reachable
 from common.settings import ConfigError, Settings, load_settings
 from notifyd.service import notifier_from_settings
 
@@ -87,9 +88,11 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         try:
-            await bus.start()
+            if not await start_when_reachable(bus, stop, service="notifyd"):
+                log.info("notifyd stopped before the bus answered")
+                return EXIT_OK
         except BusError as exc:
-            log.error("cannot reach the bus at %s: %s", redact_url(settings.bus.url), exc)
+            log.error("cannot use the bus at %s: %s", redact_url(settings.bus.url), exc)
             return EXIT_UNAVAILABLE
         await notifier.start()
         log.info(

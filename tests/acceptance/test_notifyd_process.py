@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,17 +13,11 @@ from common.ens import Bus, create_bus
 from common.ens.envelope import Ack, AckStatus, Notification, Renl
 from common.ens.reference import EventReference
 from tests.payloads import sample_payload
+from tests.processes import BIN, base_env, spawn
 from tests.services import RABBITMQ_URL, fresh_postgres_database, require_rabbitmq, unique_exchange
 from tests.smtp_server import recording_smtp_server
 
-BIN = Path(sys.executable).parent
 WAIT = 15.0
-
-
-def base_env(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALALARM_")}
-    env.update({f"CALALARM_{name.upper()}": value for name, value in settings.items()})
-    return env
 
 
 def run_notifyd(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -66,10 +58,6 @@ async def acks_of(bus: Bus) -> AsyncIterator[asyncio.Queue[Ack]]:
         await subscription.cancel()
 
 
-def spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([str(BIN / "notifyd")], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
 async def test_a_notification_delivered_again_after_a_crash_is_not_mailed_twice(
     postgres_url: str, tmp_path: Path
 ) -> None:
@@ -87,7 +75,7 @@ async def test_a_notification_delivered_again_after_a_crash_is_not_mailed_twice(
         )
         bus = create_bus(bus_url)
         await bus.start()
-        first = spawn(env, log)
+        first = spawn("notifyd", env, log)
         second: subprocess.Popen[bytes] | None = None
         try:
             async with acks_of(bus) as acks:
@@ -99,7 +87,7 @@ async def test_a_notification_delivered_again_after_a_crash_is_not_mailed_twice(
 
                 first.send_signal(signal.SIGKILL)  # as if the ack had been lost with the process
                 await asyncio.to_thread(first.wait, 10)
-                second = spawn(env, log)
+                second = spawn("notifyd", env, log)
                 await bus.publish(Notification(ref=ref, payload=payload, renl=Renl("alarmd", "1:2", 60.0)))
                 # RabbitMQ may also redeliver 1:1 itself (killed before its broker ack): a duplicate too.
                 later = [await asyncio.wait_for(acks.get(), WAIT)]

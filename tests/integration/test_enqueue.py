@@ -82,3 +82,22 @@ def test_remove_forgets_enqueued_alarms(queue: AlarmQueue) -> None:
     queue.enqueue([alarm("a"), alarm("a", timedelta(minutes=6), aid="2"), alarm("b")], now=NOW)
     assert queue.remove("jac", "a", now=NOW) == 2
     assert [r.uid for r in queue.list_alarms()] == ["b"]
+
+
+def test_enqueue_on_postgresql_wakes_listening_dispatchers(postgres_url: str) -> None:
+    import psycopg
+
+    from alarmd.wakeup import libpq_url
+
+    queue = AlarmQueue.from_url(postgres_url)
+    try:
+        with psycopg.connect(libpq_url(postgres_url), autocommit=True) as listener:
+            listener.execute("LISTEN calalarm_queue")
+            queue.enqueue([alarm("wake-1")], now=NOW)
+            notices = list(listener.notifies(timeout=2.0, stop_after=1))
+            queue.enqueue([alarm("wake-1")], now=NOW)  # nothing new: nobody to wake
+            again = list(listener.notifies(timeout=0.5, stop_after=1))
+    finally:
+        queue.close()
+    assert [n.channel for n in notices] == ["calalarm_queue"]
+    assert again == []

@@ -28,7 +28,8 @@ import socket
 import sqlalchemy as sa
 
 from alarmd.policy import PUBLISH_RETRY, TokenBucket, jittered_backoff, parse_renl_id
-from alarmd.queue import AckOutcome, AlarmQueue, ClaimedAlarm, ClaimPolicy
+from alarmd.queue import AckOutcome, AckRequest, AlarmQueue, ClaimedAlarm, ClaimPolicy
+from common.batching import GroupCommit
 from common.clock import Clock, utcnow
 from common.ens.abc import Bus, Subscription
 from common.ens.envelope import Ack, Notification, Renl, standard_properties
@@ -71,6 +72,9 @@ class Dispatcher:
         self._db_backoff = 0.0
         self.expired = 0
         self.failed = 0
+        # Acks that arrive together are applied in one transaction (a burst of 10,000
+        # spent a third of alarmd's CPU on one transaction per ack).
+        self._acks: GroupCommit[AckRequest, AckOutcome] = GroupCommit(self._apply_acks, name="alarmd:acks")
         queue.add_listener(self.wake)
 
     def wake(self) -> None:
@@ -134,6 +138,7 @@ class Dispatcher:
             log.info(
                 "%d notification(s) unacknowledged at shutdown; due again after their lease", len(self._outstanding)
             )
+        await self._acks.drain()  # the acks received are applied before the consumer goes
         await self._ack_subscription.cancel()
         self._ack_subscription = None
 
@@ -215,6 +220,9 @@ class Dispatcher:
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
         self._wake.clear()
 
+    def _apply_acks(self, requests: list[AckRequest]) -> list[AckOutcome]:
+        return self.queue.ack_many(requests, now=self.clock(), max_attempts=self.settings.max_attempts)
+
     async def _on_ack(self, ack: Ack) -> None:
         self._outstanding.discard(ack.renl_id)
         if not self._outstanding:
@@ -225,16 +233,8 @@ class Dispatcher:
             return
         alarm_id, attempt = ids
         try:
-            outcome = await asyncio.to_thread(
-                self.queue.ack,
-                alarm_id,
-                attempt,
-                ack.status,
-                ack.reason,
-                now=self.clock(),
-                retry_delay=self._backoff(attempt),
-                max_attempts=self.settings.max_attempts,
-            )
+            request = AckRequest(alarm_id, attempt, ack.status, ack.reason, self._backoff(attempt))
+            outcome = await self._acks.submit(request)
         except Exception:
             log.exception("could not record the ack for alarm=%d; it will be republished after its lease", alarm_id)
             raise

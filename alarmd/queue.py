@@ -73,6 +73,18 @@ class State(StrEnum):
     EXPIRED = "expired"
 
 
+@dataclass(frozen=True)
+class AckRequest:
+    """One end-to-end ack to apply: which attempt of which instance, the verdict, and the
+    backoff a ``retry`` waits."""
+
+    alarm_id: int
+    attempt: int
+    status: AckStatus
+    reason: str
+    retry_delay: timedelta
+
+
 class AckOutcome(StrEnum):
     DELETED = "deleted"  # delivered: the instance is gone
     FAILED = "failed"  # marked failed
@@ -746,48 +758,69 @@ class AlarmQueue:
         retry_delay: timedelta,
         max_attempts: int = 0,
     ) -> AckOutcome:
-        """Apply an end-to-end ack.
+        """Apply one end-to-end ack (see :meth:`ack_many`)."""
+        request = AckRequest(alarm_id, attempt, status, reason, retry_delay)
+        return self.ack_many([request], now=now, max_attempts=max_attempts)[0]
+
+    def ack_many(self, requests: Sequence[AckRequest], *, now: datetime, max_attempts: int = 0) -> list[AckOutcome]:
+        """Apply end-to-end acks in one transaction; the outcome of each, in order.
 
         ``delivered`` deletes the instance whatever attempt it names, exactly once
-        (the DELETE decides; a second ack finds nothing). ``failed`` and ``retry``
-        only count when they answer the current attempt of an in-flight instance;
-        an older attempt's verdict is stale. A ``retry`` for attempt ``max_attempts``
-        (0: no limit) marks the instance failed with that reason.
+        (the DELETE decides; a second ack finds nothing): all of a batch's in one
+        statement. ``failed`` and ``retry`` only count when they answer the current
+        attempt of an in-flight instance; an older attempt's verdict is stale. A
+        ``retry`` for attempt ``max_attempts`` (0: no limit) marks the instance failed
+        with that reason.
         """
+        outcomes: list[AckOutcome] = [AckOutcome.UNKNOWN] * len(requests)
+        delivered = {r.alarm_id: i for i, r in reversed(list(enumerate(requests))) if r.status is AckStatus.DELIVERED}
         with self.engine.begin() as conn:
-            if status is AckStatus.DELIVERED:
-                deleted = conn.execute(sa.delete(alarms).where(alarms.c.id == alarm_id).returning(*_KEY)).first()
-                if deleted is None:
-                    return AckOutcome.UNKNOWN
-                self._history(conn, [tuple(deleted)], "delivered", now, attempt=attempt, detail=reason)
-                return AckOutcome.DELETED
-            row = conn.execute(
-                sa.select(*_KEY, alarms.c.state, alarms.c.attempts).where(alarms.c.id == alarm_id)
-            ).first()
-            if row is None:
-                return AckOutcome.UNKNOWN
-            if row.state != State.INFLIGHT or row.attempts != attempt:
-                return AckOutcome.STALE
-            if status is AckStatus.RETRY and max_attempts and attempt >= max_attempts:
-                reason = f"gave up after {attempt} attempts (alarmd.max_attempts); last: {reason or 'retry'}"
-                status = AckStatus.FAILED
-            if status is AckStatus.FAILED:
-                values: dict[str, Any] = {"state": State.FAILED, "last_error": reason or "failed", "updated_at": now}
-                event, outcome = "failed", AckOutcome.FAILED
-            else:
-                values = {
-                    "state": State.PENDING,
-                    "next_at": now + retry_delay,
-                    "last_error": reason or "retry",
-                    "updated_at": now,
-                }
-                event, outcome = "retry", AckOutcome.RESCHEDULED
-            conn.execute(
-                sa.update(alarms).where(alarms.c.id == alarm_id, alarms.c.attempts == attempt).values(**values)
-            )
-            self._history(conn, [tuple(row)[:6]], event, now, attempt=attempt, detail=reason)
-        if outcome is AckOutcome.RESCHEDULED:
+            if delivered:
+                deleted = conn.execute(
+                    sa.delete(alarms).where(alarms.c.id.in_(list(delivered))).returning(alarms.c.id, *_KEY)
+                ).all()
+                for row in deleted:
+                    outcomes[delivered[row.id]] = AckOutcome.DELETED
+                chosen = [requests[delivered[row.id]] for row in deleted]
+                self._history(
+                    conn,
+                    [tuple(row)[1:] for row in deleted],
+                    "delivered",
+                    now,
+                    attempt=[r.attempt for r in chosen],
+                    detail=[r.reason for r in chosen],
+                )
+            for i, request in enumerate(requests):
+                if request.status is not AckStatus.DELIVERED:
+                    outcomes[i] = self._apply_verdict(conn, request, now, max_attempts)
+        if AckOutcome.RESCHEDULED in outcomes:
             self._changed()
+        return outcomes
+
+    def _apply_verdict(self, conn: sa.Connection, request: AckRequest, now: datetime, max_attempts: int) -> AckOutcome:
+        """A ``failed`` or ``retry`` ack (see :meth:`ack_many`)."""
+        alarm_id, attempt, status, reason = request.alarm_id, request.attempt, request.status, request.reason
+        row = conn.execute(sa.select(*_KEY, alarms.c.state, alarms.c.attempts).where(alarms.c.id == alarm_id)).first()
+        if row is None:
+            return AckOutcome.UNKNOWN
+        if row.state != State.INFLIGHT or row.attempts != attempt:
+            return AckOutcome.STALE
+        if status is AckStatus.RETRY and max_attempts and attempt >= max_attempts:
+            reason = f"gave up after {attempt} attempts (alarmd.max_attempts); last: {reason or 'retry'}"
+            status = AckStatus.FAILED
+        if status is AckStatus.FAILED:
+            values: dict[str, Any] = {"state": State.FAILED, "last_error": reason or "failed", "updated_at": now}
+            event, outcome = "failed", AckOutcome.FAILED
+        else:
+            values = {
+                "state": State.PENDING,
+                "next_at": now + request.retry_delay,
+                "last_error": reason or "retry",
+                "updated_at": now,
+            }
+            event, outcome = "retry", AckOutcome.RESCHEDULED
+        conn.execute(sa.update(alarms).where(alarms.c.id == alarm_id, alarms.c.attempts == attempt).values(**values))
+        self._history(conn, [tuple(row)[:6]], event, now, attempt=attempt, detail=reason)
         return outcome
 
     def next_due_at(self, *, not_before: datetime | None = None) -> datetime | None:
@@ -891,15 +924,16 @@ class AlarmQueue:
         now: datetime,
         *,
         attempt: int | Sequence[int] = 0,
-        detail: str = "",
+        detail: str | Sequence[str] = "",
     ) -> None:
-        """Record ``event`` for each instance key; ``attempt`` is one number for all or one per key."""
+        """Record ``event`` for each instance key; ``attempt`` and ``detail`` are one value for all or one per key."""
         if not keys:
             return
         attempts = [attempt] * len(keys) if isinstance(attempt, int) else attempt
+        details = [detail] * len(keys) if isinstance(detail, str) else detail
         conn.execute(
             sa.insert(alarm_history),
-            [_history_row(k, event, now, attempt=a, detail=detail) for k, a in zip(keys, attempts, strict=True)],
+            [_history_row(k, event, now, attempt=a, detail=d) for k, a, d in zip(keys, attempts, details, strict=True)],
         )
 
     def _changed(self) -> None:

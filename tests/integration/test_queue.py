@@ -11,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from alarmd.ical import CalendarError
-from alarmd.queue import AckOutcome, AlarmQueue
+from alarmd.queue import AckOutcome, AckRequest, AlarmQueue
 from common.db.engine import create_engine_from_url
 from common.db.tables import metadata
 from common.ens.envelope import AckStatus
@@ -60,6 +60,38 @@ def test_unacked_instance_is_due_again_after_its_lease_and_late_ack_removes_it_o
     assert queue.ack(first.id, 1, AckStatus.DELIVERED, "", now=due, retry_delay=NO_DELAY) is AckOutcome.DELETED
     assert queue.ack(second.id, 2, AckStatus.DELIVERED, "", now=due, retry_delay=NO_DELAY) is AckOutcome.UNKNOWN
     assert queue.list_alarms() == []
+
+
+def test_ack_many_applies_a_mixed_batch_in_one_transaction_with_an_outcome_each(queue: AlarmQueue) -> None:
+    for uid in ("a", "b", "c", "d"):
+        put_one(queue, uid)
+    due = utc("2026-11-23T10:10:00Z")
+    a, b, c, d = queue.claim_due(now=due, limit=10, lease=LEASE, owner="t")
+    outcomes = queue.ack_many(
+        [
+            AckRequest(a.id, 1, AckStatus.DELIVERED, "250 a", NO_DELAY),
+            AckRequest(b.id, 1, AckStatus.RETRY, "451 busy", timedelta(seconds=30)),
+            AckRequest(a.id, 1, AckStatus.DELIVERED, "250 again", NO_DELAY),  # a duplicate ack in the batch
+            AckRequest(c.id, 1, AckStatus.FAILED, "550 no such user", NO_DELAY),
+            AckRequest(d.id, 1, AckStatus.DELIVERED, "250 d", NO_DELAY),
+            AckRequest(999_999, 1, AckStatus.DELIVERED, "", NO_DELAY),
+        ],
+        now=due,
+    )
+    assert outcomes == [
+        AckOutcome.DELETED,
+        AckOutcome.RESCHEDULED,
+        AckOutcome.UNKNOWN,
+        AckOutcome.FAILED,
+        AckOutcome.DELETED,
+        AckOutcome.UNKNOWN,
+    ]
+    assert {r.uid: (r.state, r.last_error) for r in queue.list_alarms()} == {
+        "b": ("pending", "451 busy"),
+        "c": ("failed", "550 no such user"),
+    }
+    delivered = {h["detail"]: h["attempt"] for i in (a.id, d.id) for h in queue.history(i) if h["event"] == "delivered"}
+    assert delivered == {"250 a": 1, "250 d": 1}  # each row with its own ack's detail
 
 
 def test_retry_reschedules_failed_marks_and_stale_acks_are_ignored(queue: AlarmQueue) -> None:

@@ -235,8 +235,13 @@ class Dispatcher:
         try:
             request = AckRequest(alarm_id, attempt, ack.status, ack.reason, self._backoff(attempt))
             outcome = await self._acks.submit(request)
-        except Exception:
-            log.exception("could not record the ack for alarm=%d; it will be republished after its lease", alarm_id)
+        except Exception as exc:
+            # A batch's failure reaches each of its acks: one line each, no traceback.
+            log.warning(
+                "could not record the ack for alarm=%d (%s); it will be republished after its lease",
+                alarm_id,
+                _short(exc),
+            )
             raise
         self.acked[outcome.value] = self.acked.get(outcome.value, 0) + 1
         level = logging.WARNING if outcome in (AckOutcome.UNKNOWN, AckOutcome.FAILED) else logging.INFO

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -26,6 +27,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from common.db import deliveries
 from common.payload import AlarmPayload
+
+log = logging.getLogger(__name__)
 
 LINGER = 0.002  # seconds a batch waits for company before it goes to the database
 BATCH_MAX = 500  # keys per SELECT … IN, well under SQLite's limit on bound parameters
@@ -93,6 +96,8 @@ class SqlDeliveryLog:
     each batch is one thread hop, one SELECT … IN and one multi-row upsert in one
     transaction. Under load that is a commit per batch instead of per reminder; alone,
     a call is a batch of one. A lookup in a batch uses the batch's earliest ``now``.
+    A batch that finds its connection lost (the server restarted, the connection was
+    cut) runs once more on a fresh one; any other error fails every call in it.
     """
 
     def __init__(self, engine: sa.Engine, retention: timedelta, *, linger: float = LINGER) -> None:
@@ -158,10 +163,25 @@ class SqlDeliveryLog:
                     recorded.set_result(None)
 
     def _run_batch(self, keys: list[str], now: datetime | None, records: list[Delivery]) -> dict[str, datetime]:
+        self.batches += 1
+        try:
+            return self._try_batch(keys, now, records)
+        except sa.exc.DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # The connection was lost: a database restart or failover, an idle connection
+            # cut or terminated. The pool's pre-ping never sees the one kept here, so without
+            # this the first batch after would fail: its lookups unchecked, its records lost,
+            # a redelivery mailed twice. Once more on a fresh connection: whether or not the
+            # failed transaction committed, its lookups and its upsert can be run again.
+            reason = " ".join(str(exc.orig).split())[:300]
+            log.warning("the delivery log lost its database connection (%s); retrying the batch", reason)
+            return self._try_batch(keys, now, records)
+
+    def _try_batch(self, keys: list[str], now: datetime | None, records: list[Delivery]) -> dict[str, datetime]:
         # One connection kept for the batches (only one batch runs at a time): checking
         # one out of the pool for each cost as much as the statements. After an error it
         # is dropped and the next batch connects afresh.
-        self.batches += 1
         conn = self._conn = self._conn or self.engine.connect()
         try:
             with conn.begin():

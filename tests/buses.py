@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,6 +12,7 @@ import aio_pika
 
 from common.ens.abc import Bus
 from common.ens.amqp import AmqpBus
+from common.ens.envelope import AckStatus, Notification
 from common.ens.memory import MemoryBus
 from tests.services import RABBITMQ_URL, require_rabbitmq, unique_exchange
 
@@ -74,3 +77,32 @@ async def open_buses(kind: str, *, amqp_timeout: float = 5.0) -> AsyncIterator[B
         yield made
     finally:
         await made.aclose()
+
+
+class Tally:
+    """A subscriber that counts what it receives. It never acks end to end (so nothing is
+    removed) unless given ``acks_on``: then it acks each notification ``delivered`` on that bus."""
+
+    def __init__(self, acks_on: Bus | None = None) -> None:
+        self.acks_on = acks_on
+        self.by_renl: Counter[str] = Counter()
+        self.by_ref: Counter[str] = Counter()
+        self.received = 0
+        self._changed = asyncio.Event()
+
+    async def __call__(self, notification: Notification) -> None:
+        assert notification.renl is not None
+        self.by_renl[notification.renl.renl_id] += 1
+        self.by_ref[str(notification.ref)] += 1
+        self.received += 1
+        self._changed.set()
+        if self.acks_on is not None:
+            await self.acks_on.ack(notification, AckStatus.DELIVERED)
+
+    async def wait_for(self, count: int, within: float = 10.0) -> None:
+        async def until() -> None:
+            while self.received < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(until(), within)

@@ -26,9 +26,9 @@ import sqlalchemy as sa
 from alarmd.dispatcher import Dispatcher
 from alarmd.queue import AckOutcome, AlarmQueue, ClaimedAlarm
 from common.db.tables import alarm_history, alarms
-from common.ens import AckStatus, Notification, Subscription
+from common.ens import AckStatus, Subscription
 from common.settings import AlarmdSettings
-from tests.buses import Buses, open_buses
+from tests.buses import Buses, Tally, open_buses
 from tests.calendars import display, event, utc
 
 NOW = utc("2026-11-23T10:00:00Z")  # when the calendar is enqueued
@@ -288,31 +288,6 @@ def test_the_checks_catch_an_instance_claimed_twice(queues: list[AlarmQueue]) ->
 
 
 # ------------------------------------------------------------------ dispatchers
-
-
-class Tally:
-    """A subscriber that counts what it receives and never acks end to end (so nothing is removed)."""
-
-    def __init__(self) -> None:
-        self.by_renl: Counter[str] = Counter()
-        self.by_ref: Counter[str] = Counter()
-        self.received = 0
-        self._changed = asyncio.Event()
-
-    async def __call__(self, notification: Notification) -> None:
-        assert notification.renl is not None
-        self.by_renl[notification.renl.renl_id] += 1
-        self.by_ref[str(notification.ref)] += 1
-        self.received += 1
-        self._changed.set()
-
-    async def wait_for(self, count: int, within: float = 10.0) -> None:
-        async def until() -> None:
-            while self.received < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(until(), within)
 
 
 @pytest.fixture(params=["memory", pytest.param("amqp", marks=pytest.mark.rabbitmq)])

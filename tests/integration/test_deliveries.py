@@ -15,15 +15,14 @@ import sqlalchemy as sa
 
 from common.db.engine import create_engine_from_url
 from common.db.tables import deliveries
-from common.ens.envelope import Ack, AckStatus, Notification, Renl
+from common.ens.envelope import Ack, AckStatus, Notification
 from common.ens.memory import MemoryBus
-from common.ens.reference import EventReference
 from common.payload import AlarmPayload, format_utc
 from common.settings import NotifydSettings, Settings, SmtpSettings
 from notifyd.dedup import Delivery, DeliveryLog, MemoryDeliveryLog, SqlDeliveryLog, instance_key
 from notifyd.service import Notifier, notifier_from_settings
 from notifyd.smtp import SmtpSender
-from tests.payloads import sample_payload
+from tests.payloads import notification, payload_dict
 from tests.smtp_server import RecordingSmtpServer, recording_smtp_server
 
 NOW = datetime(2026, 11, 23, 9, 45, tzinfo=UTC)
@@ -157,16 +156,6 @@ async def test_close_returns_the_connection_and_the_log_reopens_it(log: SqlDeliv
 
 
 # --- the Notifier's duplicate check --------------------------------------------------
-
-
-def payload_dict(**changes: Any) -> dict[str, Any]:
-    return sample_payload(description="", location="", **changes).to_dict()
-
-
-def notification(renl_id: str, **changes: Any) -> Notification:
-    payload = payload_dict(**changes)
-    ref = EventReference.alarm("event", payload["calid"], payload["uid"], payload["rid"], payload["aid"])
-    return Notification(ref=ref, payload=payload, renl=Renl("alarmd", renl_id, 60.0))
 
 
 def smtp_settings(server: RecordingSmtpServer) -> Settings:

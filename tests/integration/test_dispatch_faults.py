@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -20,6 +20,7 @@ from common.ens.envelope import Notification
 from common.ens.memory import MemoryBus
 from common.settings import AlarmdSettings
 from tests.calendars import display, event, utc
+from tests.waiting import eventually
 
 NOW = utc("2026-11-23T10:00:00Z")
 
@@ -87,13 +88,6 @@ async def dispatching(sqlite_url: str, **alarmd: object) -> AsyncIterator[Setup]
 async def settle() -> None:
     for _ in range(20):
         await asyncio.sleep(0)
-
-
-async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_after_downtime_on_time_go_first_backlog_follows_at_the_catchup_rate(sqlite_url: str) -> None:

@@ -29,6 +29,7 @@ from notifyd.smtp import SmtpSender
 from tests.calendars import display, event
 from tests.services import RABBITMQ_URL, require_rabbitmq, unique_exchange
 from tests.smtp_server import recording_smtp_server
+from tests.waiting import eventually
 
 BIN = Path(sys.executable).parent
 
@@ -40,14 +41,6 @@ def due_in(seconds: float, uid: str = "e2e-1") -> tuple[str, datetime]:
     """
     trigger = (datetime.now(UTC) + timedelta(seconds=seconds)).replace(microsecond=0)
     return event(uid, trigger + timedelta(minutes=5), display("-PT5M")), trigger
-
-
-async def eventually(check: Callable[[], bool], within: float = 10.0, what: str = "condition") -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} not reached within {within}s")
-        await asyncio.sleep(0.05)
 
 
 async def live_count(queue: AlarmQueue) -> int:

@@ -107,10 +107,10 @@ class Dispatcher:
             except sa.exc.SQLAlchemyError as exc:
                 self._db_backoff = _next_backoff(self._db_backoff)
                 log.warning("database error while claiming (%s); retrying in %.1fs", _short(exc), self._db_backoff)
-                await self._pause(self._db_backoff)
+                await self._fault_pause(self._db_backoff)
                 continue
             if self._bus_backoff:
-                await self._pause(self._bus_backoff)
+                await self._fault_pause(self._bus_backoff)
                 continue
             if claimed >= self.settings.batch_size:
                 continue  # more may be due right now
@@ -119,7 +119,7 @@ class Dispatcher:
             except sa.exc.SQLAlchemyError as exc:
                 self._db_backoff = _next_backoff(self._db_backoff)
                 log.warning("database error while waiting (%s); retrying in %.1fs", _short(exc), self._db_backoff)
-                await self._pause(self._db_backoff)
+                await self._fault_pause(self._db_backoff)
 
     async def close(self, grace: float = 5.0) -> None:
         """Wait up to ``grace`` seconds for acks of what this process published, then stop consuming acks.
@@ -213,6 +213,13 @@ class Dispatcher:
         if delay <= 0:
             return
         await self._pause(delay)
+
+    async def _fault_pause(self, seconds: float) -> None:
+        """Sleep out a fault's backoff: only :meth:`stop` ends it early. An enqueue's
+        wake-up must not: each would start another failing try and double the backoff
+        (seven enqueues during a short outage made it 30 s)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep up to ``seconds``; a wake-up or :meth:`stop` ends it early."""

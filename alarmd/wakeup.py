@@ -1,6 +1,6 @@
 """Cross-process wake-ups on PostgreSQL: ``AlarmQueue.put`` sends NOTIFY, alarmd LISTENs.
 
-The listening connection is watched: when it drops it is re-opened with backoff,
+The listening connection is watched (TCP keepalives): when it drops it is re-opened with backoff,
 and the dispatcher is woken once on every reconnect (a notify may have been
 missed meanwhile). The dispatcher's safety poll is the backstop behind this.
 """
@@ -12,11 +12,16 @@ import logging
 from collections.abc import Callable
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import make_url
 
 from alarmd.queue import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
+
+# A listener only reads, so a connection that died silently (a network cut, a failover
+# without a reset) would wait for ever; TCP keepalives end it within about a minute.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
 
 def libpq_url(sqlalchemy_url: str) -> str:
@@ -26,7 +31,7 @@ def libpq_url(sqlalchemy_url: str) -> str:
 
 async def listen_for_enqueues(database_url: str, wake: Callable[[], None], *, max_backoff: float = 30.0) -> None:
     """Call ``wake`` on every NOTIFY; runs until cancelled."""
-    conninfo = libpq_url(database_url)
+    conninfo = make_conninfo(libpq_url(database_url), **KEEPALIVES)
     backoff = 0.5
     while True:
         try:

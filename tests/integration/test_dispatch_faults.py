@@ -187,6 +187,26 @@ async def test_the_run_loop_survives_a_bus_outage(sqlite_url: str) -> None:
             await run
 
 
+async def test_enqueues_during_a_bus_outage_neither_cut_short_nor_grow_the_backoff(sqlite_url: str) -> None:
+    async with dispatching(sqlite_url) as s:
+        put_due(s.queue, "e1", NOW)
+        s.bus.down = True
+        run = asyncio.create_task(s.dispatcher.run())
+        try:
+            await eventually(lambda: s.bus.refused >= 1)
+            for n in range(5):  # each put of a due alarm wakes the dispatcher
+                put_due(s.queue, f"w{n}", NOW)
+                await asyncio.sleep(0.01)
+            assert s.bus.refused == 1  # still in its first pause (0.5 s): no failing probe per wake-up
+            s.bus.down = False
+            s.clock.now = NOW + timedelta(seconds=10)  # past the publish retry delay
+            # Within about the first pause, not the 16 s five doublings would have made it.
+            await eventually(lambda: len(s.published) == 6, within=3.0)
+        finally:
+            await s.dispatcher.close(grace=0.1)
+            await run
+
+
 async def test_the_run_loop_survives_a_database_outage(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     async with dispatching(sqlite_url) as s:
         put_due(s.queue, "e1", NOW)

@@ -19,6 +19,14 @@ Layout on the broker, for an exchange named ``ens`` (``?exchange=NAME`` in the U
 Bindings select by base only; parameter matching happens in the consumer, which
 acks and ignores a message its subscription does not select. Up to ``prefetch``
 handlers of one subscription run at once.
+
+When the connection drops (a broker restarted, a network blip), aio-pika's robust
+connection reconnects in the background (every 5 s) and restores the channels, the
+exchange, the queues and their consumers. Meanwhile an operation (publish, ack,
+subscribe) waits for that, up to ``timeout`` seconds, and only then fails with
+:class:`BusUnavailable`: a broker back within that time costs a delay, not an error
+(aio-pika leaves that wait to the application, "Connection or channel loss can make
+publication fail, including on robust connections").
 """
 
 from __future__ import annotations
@@ -149,6 +157,7 @@ class AmqpBus(Bus):
         self._close_timeout = close_timeout  # how long close() lets running handlers finish
         self._lock = asyncio.Lock()
         self._closed = False
+        self._closing = asyncio.Event()  # set by close(): operations waiting for a reconnect give up
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self._consume_channel: AbstractRobustChannel | None = None
@@ -172,6 +181,7 @@ class AmqpBus(Bus):
     async def start(self) -> None:
         async with self._lock:
             self._closed = False
+            self._closing.clear()
             if self._connection is not None:
                 return
             # What aio_pika.connect_robust() does, but holding the connection object:
@@ -209,6 +219,7 @@ class AmqpBus(Bus):
             log.info("connected to RabbitMQ at %s, exchange %r", redacted(self._url), self.exchange_name)
 
     async def close(self) -> None:
+        self._closing.set()
         async with self._lock:
             self._closed = True
             connection = self._connection
@@ -245,9 +256,36 @@ class AmqpBus(Bus):
             raise BusUnavailable("the AMQP bus is closed")
         if self._exchange is None:
             raise BusUnavailable("the AMQP bus is closed")
-        if not connection.connected.is_set():
-            raise BusUnavailable(f"not connected to RabbitMQ at {redacted(self._url)} (reconnecting)")
-        return self._publish_channel, self._consume_channel, self._exchange
+        publish_channel, consume_channel = self._publish_channel, self._consume_channel
+        if not connection.connected.is_set() or publish_channel.is_closed or consume_channel.is_closed:
+            await self._wait_restored(publish_channel, consume_channel)
+        return publish_channel, consume_channel, self._exchange
+
+    async def _wait_restored(self, *channels: AbstractRobustChannel) -> None:
+        """Wait until the robust connection is back and has restored ``channels`` (their
+        exchanges, queues and consumers); BusUnavailable after ``timeout`` or on close()."""
+        restored: asyncio.Future[object] = asyncio.ensure_future(self._all_ready(channels))
+        closing: asyncio.Future[object] = asyncio.ensure_future(self._closing.wait())
+        try:
+            done, _pending = await asyncio.wait(
+                (restored, closing), timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (restored, closing):
+                task.cancel()
+            await asyncio.gather(restored, closing, return_exceptions=True)
+        if restored in done and not restored.cancelled() and restored.exception() is None:
+            return
+        if closing in done:
+            raise BusUnavailable("the AMQP bus is closed")
+        raise BusUnavailable(
+            f"not connected to RabbitMQ at {redacted(self._url)} (reconnecting; not back within {self._timeout:g}s)"
+        )
+
+    @staticmethod
+    async def _all_ready(channels: tuple[AbstractRobustChannel, ...]) -> None:
+        for channel in channels:
+            await channel.ready()
 
     # -- publishing --------------------------------------------------------------
 

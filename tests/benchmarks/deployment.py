@@ -12,9 +12,12 @@ README, run as the real commands with a configuration file, against an SMTP sink
   and two processes, ``notifyd --config F`` and ``alarmd --config F``.
 
 The configuration file holds only what the deployment needs (database, bus, the sink's
-``smtp://`` URL with ``allow_plaintext = true``, ``notifyd.allowed_domains``); every other
-setting is the product's default. Each process logs to a file in the work directory;
-``stop`` sends SIGTERM (SIGKILL after a timeout), also when the benchmark fails.
+``smtp://`` URL with ``allow_plaintext = true``, ``notifyd.allowed_domains``) and the
+``overrides`` given (``{"alarmd": {"ack_timeout": 20.0}}``: the fault-recovery tests
+shorten timeouts); every other setting is the product's default. Each process logs to a
+file in the work directory; ``stop`` sends SIGTERM (SIGKILL after a timeout), also when
+the benchmark fails. ``kill`` sends one process SIGKILL (a crash) and ``restart`` starts
+it again with the same command, appending to the same log.
 
 Alarms are enqueued with :meth:`AlarmQueue.put`, one calendar object (one event, one
 DISPLAY alarm) per call, owned by :data:`OWNER` so that the reminder has a recipient.
@@ -41,7 +44,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,6 +62,7 @@ from tests.calendars import display, event
 from tests.services import POSTGRES_ADMIN_URL, RABBITMQ_URL
 
 KINDS = ("embedded", "standard")
+TomlValue = str | int | float | bool | list[str]  # what a configuration override may be
 BIN = Path(sys.executable).parent
 OWNER = "bench@example.com"  # DISPLAY alarms go to the owner given at enqueue
 SENDER = "Reminders <calalarm@example.com>"
@@ -95,6 +99,7 @@ class Service:
     process: subprocess.Popen[bytes]
     log: Path
     exit_code: int | None = None
+    log_offset: int = 0  # bytes already in the log when this process started (a restart appends)
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time of the process so far (Linux ``/proc``), None when unknown."""
@@ -102,6 +107,14 @@ class Service:
 
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+
+    def own_log_text(self) -> str:
+        """What this process wrote to the log (without what an earlier process of the same name wrote)."""
+        if not self.log.exists():
+            return ""
+        with self.log.open("rb") as log:
+            log.seek(self.log_offset)
+            return log.read().decode("utf-8", errors="replace")
 
     def check_running(self) -> None:
         code = self.process.poll()
@@ -124,8 +137,9 @@ def spawn(name: str, command: list[str], env: dict[str, str], workdir: Path) -> 
     """Start ``command`` with its output appended to ``workdir/NAME.log``."""
     log = workdir / f"{name}.log"
     with log.open("ab") as out:
+        offset = out.tell()
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return Service(name, process, log)
+    return Service(name, process, log, log_offset=offset)
 
 
 def process_cpu_seconds(pid: int) -> float | None:
@@ -151,6 +165,13 @@ def tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _toml(value: TomlValue) -> str:
+    """``value`` as TOML: JSON's spelling of these strings, numbers, booleans and lists is TOML's too."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a setting")
+    return json.dumps(value)
+
+
 # --------------------------------------------------------------------------- deployment
 
 
@@ -160,14 +181,19 @@ class Deployment:
     ``async with Deployment(kind, workdir, smtp_url) as deployment`` creates and migrates
     the database; :meth:`start` starts the processes and waits until they are ready;
     leaving the block stops them and drops what was created, whatever happened.
+    ``overrides`` are settings written to the configuration file besides the deployment's
+    own, by section (``{"smtp": {"deadline": 5.0}}``); they replace a key of the same name.
     """
 
-    def __init__(self, kind: str, workdir: Path, smtp_url: str) -> None:
+    def __init__(
+        self, kind: str, workdir: Path, smtp_url: str, *, overrides: Mapping[str, Mapping[str, TomlValue]] | None = None
+    ) -> None:
         if kind not in KINDS:
             raise ValueError(f"deployment must be one of {KINDS}, not {kind!r}")
         self.kind = kind
         self.workdir = workdir
         self.smtp_url = smtp_url
+        self.overrides = {section: dict(values) for section, values in (overrides or {}).items()}
         self.token = uuid.uuid4().hex[:10]
         self.exchange = f"ens-bench-{self.token}"
         if kind == "embedded":
@@ -179,7 +205,8 @@ class Deployment:
             self.database_url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{self._database_name}"
             self.bus_url = f"{RABBITMQ_URL}?exchange={self.exchange}"
         self.config = workdir / "calalarm.toml"
-        self.services: list[Service] = []
+        self.services: list[Service] = []  # the processes of the deployment, the current one of each name
+        self.killed: list[Service] = []  # processes ended by kill(), in order
         self._queue: AlarmQueue | None = None
         self.broker_leftover: dict[str, int] = {}
 
@@ -200,6 +227,7 @@ class Deployment:
             "smtp_allow_plaintext": True,
             "notifyd_allowed_domains": list(ALLOWED_DOMAINS),
             "owner": OWNER,
+            **({"overrides": self.overrides} if self.overrides else {}),
         }
 
     async def __aenter__(self) -> Deployment:
@@ -224,28 +252,65 @@ class Deployment:
         self.config.write_text(self._config_text(), encoding="utf-8")
 
     def _config_text(self) -> str:
-        def quoted(text: str) -> str:
-            return json.dumps(text)  # a TOML basic string for these ASCII values
+        sections: dict[str, dict[str, TomlValue]] = {
+            "database": {"url": self.database_url},
+            "bus": {"url": self.bus_url},
+            "smtp": {"url": self.smtp_url, "allow_plaintext": True, "from": SENDER},
+            "notifyd": {"allowed_domains": list(ALLOWED_DOMAINS)},
+        }
+        for section, values in self.overrides.items():
+            sections.setdefault(section, {}).update(values)
+        tables = [
+            f"[{section}]\n" + "".join(f"{key} = {_toml(value)}\n" for key, value in values.items())
+            for section, values in sections.items()
+        ]
+        return f"# written by tests.benchmarks.deployment ({self.kind})\n" + "\n".join(tables)
 
-        domains = ", ".join(quoted(domain) for domain in ALLOWED_DOMAINS)
-        return (
-            f"# written by tests.benchmarks.deployment ({self.kind})\n"
-            f"[database]\nurl = {quoted(self.database_url)}\n\n"
-            f"[bus]\nurl = {quoted(self.bus_url)}\n\n"
-            f"[smtp]\nurl = {quoted(self.smtp_url)}\nallow_plaintext = true\nfrom = {quoted(SENDER)}\n\n"
-            f"[notifyd]\nallowed_domains = [{domains}]\n"
-        )
+    def _commands(self) -> dict[str, list[str]]:
+        """The command line of each process, in the order they start."""
+        extra = {"alarmd": ["--with-notifier"]} if self.kind == "embedded" else {"notifyd": [], "alarmd": []}
+        return {name: [str(BIN / name), "--config", str(self.config), *args] for name, args in extra.items()}
+
+    @staticmethod
+    def _env() -> dict[str, str]:
+        return {key: value for key, value in os.environ.items() if not key.startswith("CALALARM_")}
 
     async def start(self) -> float:
         """Start the processes and wait until each has logged that it is ready; return how long that took."""
         began = time.monotonic()
-        env = {key: value for key, value in os.environ.items() if not key.startswith("CALALARM_")}
-        commands = [("alarmd", ["--with-notifier"])] if self.kind == "embedded" else [("notifyd", []), ("alarmd", [])]
-        for name, extra in commands:
-            command = [str(BIN / name), "--config", str(self.config), *extra]
+        env = self._env()
+        for name, command in self._commands().items():
             self.services.append(spawn(name, command, env, self.workdir))
         for service in self.services:
             await self._wait_ready(service)
+        return time.monotonic() - began
+
+    def service(self, name: str) -> Service:
+        """The current process named ``name`` (``alarmd``, ``notifyd``)."""
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(f"no process {name!r} in this {self.kind} deployment")
+
+    async def kill(self, name: str) -> int:
+        """SIGKILL the process ``name`` (a crash: no clean-up of any kind), wait for it to end and
+        return its exit code (``-9``); it stays out of the deployment until :meth:`restart`."""
+        service = self.service(name)
+        service.process.send_signal(signal.SIGKILL)
+        service.exit_code = await asyncio.to_thread(service.process.wait, STOP_TIMEOUT)
+        self.services.remove(service)
+        self.killed.append(service)
+        return service.exit_code
+
+    async def restart(self, name: str) -> float:
+        """Start ``name`` again (after :meth:`kill`), with the same command and log file; wait until
+        it is ready and return how long that took."""
+        if any(service.name == name for service in self.services):
+            raise RuntimeError(f"{name} is running: kill it first")
+        began = time.monotonic()
+        service = spawn(name, self._commands()[name], self._env(), self.workdir)
+        self.services.append(service)
+        await self._wait_ready(service)
         return time.monotonic() - began
 
     async def _wait_ready(self, service: Service) -> None:
@@ -253,7 +318,7 @@ class Deployment:
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
             service.check_running()
-            text = service.log_text()
+            text = service.own_log_text()
             if all(marker in text for marker in markers):
                 return
             if time.monotonic() > deadline:

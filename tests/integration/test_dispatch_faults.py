@@ -85,6 +85,17 @@ async def dispatching(sqlite_url: str, **alarmd: object) -> AsyncIterator[Setup]
         queue.close()
 
 
+@asynccontextmanager
+async def running(dispatcher: Dispatcher) -> AsyncIterator[asyncio.Task[None]]:
+    """``dispatcher.run()`` as a task for the block; closed and awaited after it (an error in it fails the test)."""
+    run = asyncio.create_task(dispatcher.run())
+    try:
+        yield run
+    finally:
+        await dispatcher.close(grace=0.1)
+        await run
+
+
 async def settle() -> None:
     for _ in range(20):
         await asyncio.sleep(0)
@@ -135,17 +146,13 @@ async def test_a_backward_clock_jump_stalls_no_longer_than_the_safety_poll(sqlit
     async with dispatching(sqlite_url) as s:
         put_due(s.queue, "e1", NOW + timedelta(seconds=1))
         s.clock.now = NOW - timedelta(hours=1)  # set back: e1 now looks an hour away
-        run = asyncio.create_task(s.dispatcher.run())
-        try:
+        async with running(s.dispatcher):
             await asyncio.sleep(0.3)
             assert not s.published
             s.clock.now = NOW + timedelta(seconds=1)  # the clock is right again
             started = asyncio.get_running_loop().time()
             await eventually(lambda: s.published["e1"] == 1, within=2.0)
             assert asyncio.get_running_loop().time() - started <= 0.2 + 0.8  # the safety poll, and slack for a busy CI
-        finally:
-            await s.dispatcher.close(grace=0.1)
-            await run
 
 
 async def test_a_bus_outage_pauses_claiming_and_loses_nothing(sqlite_url: str) -> None:
@@ -175,24 +182,19 @@ async def test_the_run_loop_survives_a_bus_outage(sqlite_url: str) -> None:
     async with dispatching(sqlite_url) as s:
         put_due(s.queue, "e1", NOW)
         s.bus.down = True
-        run = asyncio.create_task(s.dispatcher.run())
-        try:
+        async with running(s.dispatcher) as run:
             await eventually(lambda: s.bus.refused >= 1)
             s.bus.down = False
             s.clock.now = NOW + timedelta(seconds=10)  # past the publish retry delay
             await eventually(lambda: s.published["e1"] == 1, within=5.0)
             assert not run.done()
-        finally:
-            await s.dispatcher.close(grace=0.1)
-            await run
 
 
 async def test_enqueues_during_a_bus_outage_neither_cut_short_nor_grow_the_backoff(sqlite_url: str) -> None:
     async with dispatching(sqlite_url) as s:
         put_due(s.queue, "e1", NOW)
         s.bus.down = True
-        run = asyncio.create_task(s.dispatcher.run())
-        try:
+        async with running(s.dispatcher):
             await eventually(lambda: s.bus.refused >= 1)
             for n in range(5):  # each put of a due alarm wakes the dispatcher
                 put_due(s.queue, f"w{n}", NOW)
@@ -202,9 +204,6 @@ async def test_enqueues_during_a_bus_outage_neither_cut_short_nor_grow_the_backo
             s.clock.now = NOW + timedelta(seconds=10)  # past the publish retry delay
             # Within about the first pause, not the 16 s five doublings would have made it.
             await eventually(lambda: len(s.published) == 6, within=3.0)
-        finally:
-            await s.dispatcher.close(grace=0.1)
-            await run
 
 
 async def test_the_run_loop_survives_a_database_outage(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,11 +220,7 @@ async def test_the_run_loop_survives_a_database_outage(sqlite_url: str, monkeypa
             return real_claim(**kwargs)  # type: ignore[arg-type]
 
         monkeypatch.setattr(s.queue, "claim", broken_claim)
-        run = asyncio.create_task(s.dispatcher.run())
-        try:
+        async with running(s.dispatcher) as run:
             await eventually(lambda: s.published["e1"] == 1, within=5.0)
             assert failures == 2
             assert not run.done()
-        finally:
-            await s.dispatcher.close(grace=0.1)
-            await run

@@ -32,7 +32,7 @@ from alarmd.queue import AckOutcome, AckRequest, AlarmQueue, ClaimedAlarm, Claim
 from common.batching import GroupCommit
 from common.clock import Clock, utcnow
 from common.ens.abc import Bus, Subscription
-from common.ens.envelope import Ack, Notification, Renl, standard_properties
+from common.ens.envelope import PUBLICATION, Ack, Notification, Renl, standard_properties
 from common.settings import AlarmdSettings
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class Dispatcher:
         notification = Notification(
             ref=claimed.ref,
             payload=claimed.payload,
-            properties=standard_properties("alarmd", self.clock()),
+            properties={**standard_properties("alarmd", self.clock()), PUBLICATION: claimed.publication},
             renl=Renl(self.settings.ack_to, claimed.renl_id, self.settings.ack_timeout),
         )
         self._outstanding.add(claimed.renl_id)  # before publishing: the ack may beat publish() back

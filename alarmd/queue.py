@@ -106,10 +106,16 @@ class UnknownTimeZone(ValueError):
 
 @dataclass(frozen=True)
 class ClaimedAlarm:
-    """An instance claimed for publishing: attempt ``attempt`` until ``lease_until``."""
+    """An instance claimed for publishing: attempt ``attempt`` until ``lease_until``.
+
+    ``publication`` counts every claim of the instance, including those handed back
+    unpublished (which ``attempt`` does not): 1 means no earlier copy of it was ever
+    given to the bus.
+    """
 
     id: int
     attempt: int
+    publication: int
     component: str
     calid: str
     uid: str
@@ -659,6 +665,7 @@ class AlarmQueue:
             .values(
                 state=State.INFLIGHT,
                 attempts=alarms.c.attempts + 1,
+                publications=alarms.c.publications + 1,
                 next_at=now + policy.lease,
                 claimed_by=owner,
                 updated_at=now,
@@ -666,6 +673,7 @@ class AlarmQueue:
             .returning(
                 alarms.c.id,
                 alarms.c.attempts,
+                alarms.c.publications,
                 alarms.c.component,
                 alarms.c.calid,
                 alarms.c.uid,
@@ -676,7 +684,9 @@ class AlarmQueue:
             )
         )
         claimed = [
-            ClaimedAlarm(r.id, r.attempts, r.component, r.calid, r.uid, r.rid, r.aid, r.trigger_at, r.payload)
+            ClaimedAlarm(
+                r.id, r.attempts, r.publications, r.component, r.calid, r.uid, r.rid, r.aid, r.trigger_at, r.payload
+            )
             for r in conn.execute(stmt)
         ]
         again = [c for c in claimed if c.attempt >= 2]

@@ -1,7 +1,9 @@
 """The notifier: alarm notifications in, reminder emails out, an end-to-end ack for each.
 
 One notification is handled as: validate the payload, look its instance key up in the
-delivery log (a recorded one is acked ``delivered`` without a second email), pick the
+delivery log (a recorded one is acked ``delivered`` without a second email; the first
+copy of an instance, its first publication not redelivered by the bus, cannot have been
+mailed and skips the lookup), pick the
 recipients (:mod:`notifyd.recipients`), render the email (:mod:`notifyd.email`), send
 it (:mod:`notifyd.smtp`), record the delivery, then ack the RENL with the outcome. A
 bad notification is acked ``failed`` with the reason and never stops the subscription;
@@ -154,7 +156,7 @@ class Notifier:
             except PayloadError as exc:
                 result = SendResult(AckStatus.FAILED, f"invalid payload: {exc}")
             else:
-                result = await self._process(payload, ref)
+                result = await self._process(payload, ref, notification.first_copy)
             await self._ack(notification, ref, result)
             if result.status is AckStatus.DELIVERED and payload is not None and self.on_delivered is not None:
                 try:
@@ -162,14 +164,16 @@ class Notifier:
                 except Exception:
                     log.exception("the on_delivered callback failed for %s", ref)
 
-    async def _process(self, payload: AlarmPayload, ref: str) -> SendResult:
-        """Dedup, deliver, record (see the module doc)."""
+    async def _process(self, payload: AlarmPayload, ref: str, first_copy: bool = False) -> SendResult:
+        """Dedup, deliver, record (see the module doc). The first copy of an instance
+        (its first publication, not redelivered) cannot have been mailed: no lookup."""
         key = instance_key(payload)
-        try:
-            sent_at = await self._deliveries.sent_at(key, self._clock())
-        except Exception as exc:  # noqa: BLE001 - a database hiccup must not hold the reminder back
-            log.warning("%s: cannot read the delivery log (%s); sending without the duplicate check", ref, exc)
-            sent_at = None
+        sent_at = None
+        if not first_copy:
+            try:
+                sent_at = await self._deliveries.sent_at(key, self._clock())
+            except Exception as exc:  # noqa: BLE001 - a database hiccup must not hold the reminder back
+                log.warning("%s: cannot read the delivery log (%s); sending without the duplicate check", ref, exc)
         if sent_at is not None:
             self.duplicates += 1
             return SendResult(

@@ -62,7 +62,8 @@ alarms = sa.Table(
     sa.Column("trigger_at", UTCDateTime, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("next_at", UTCDateTime, nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # lowered again by a release
+    sa.Column("publications", sa.Integer, nullable=False, server_default="0"),  # claims ever made; never lowered
     sa.Column("claimed_by", sa.String(255), nullable=True),
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("payload", sa.JSON, nullable=False),

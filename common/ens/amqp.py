@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import re
@@ -454,6 +455,8 @@ class AmqpBus(Bus):
             await reject_poison(self, message.body, exc)
             await _settle(message, message.ack())
             return
+        if message.redelivered:
+            notification = dataclasses.replace(notification, redelivered=True)
         if not sub.matches(notification.ref):
             await _settle(message, message.ack())
             return

@@ -30,6 +30,9 @@ from common.ens.reference import EventReference, InvalidReference
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 1_000_000
+# A notification property: how many times the publisher has handed this instance to
+# the bus, counting this one (alarmd sets it; 1 is the first publication).
+PUBLICATION = "publication"
 
 
 class EnvelopeError(ValueError):
@@ -71,6 +74,17 @@ class Notification:
     properties: Properties = field(default_factory=dict)
     renl: Renl | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Set by the bus on receipt, not sent: this message was delivered to a subscriber
+    # before (which may have processed it and died before settling it).
+    redelivered: bool = field(default=False, compare=False)
+
+    @property
+    def first_copy(self) -> bool:
+        """No copy of this instance can have been processed before: the publisher's
+        first publication of it (property ``publication`` is 1), not redelivered.
+        Without the property (another publisher) this is False."""
+        publication = self.properties.get(PUBLICATION)
+        return type(publication) is int and publication == 1 and not self.redelivered
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = {

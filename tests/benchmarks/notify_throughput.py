@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tests.benchmarks.notify_throughput [--messages 2000] [--pool 4]
         [--concurrency 10] [--rounds 3] [--warmup 200] [--dedup sql|memory] [--profile]
+        [--publication 1]
 
 An aiosmtpd sink that accepts and counts every message runs in a process of its own
 (:mod:`tests.benchmarks.sink`). Against it, in alternation:
@@ -19,7 +20,9 @@ An aiosmtpd sink that accepts and counts every message runs in a process of its 
   :class:`~notifyd.smtp.SmtpSender` with ``pool_size = --pool``, delivery records in a
   fresh migrated SQLite file; ``--dedup memory`` uses :class:`MemoryDeliveryLog`
   instead) on the in-process bus, fed ``--messages`` distinct EMAIL alarm
-  notifications; timed from the first publish to the last ack.
+  notifications as alarmd publishes them (``--publication 1``: first publications,
+  recorded but not looked up; 2: republications, each looked up first); timed from
+  the first publish to the last ack.
 
 All start cold (connections opened inside the timed span; a few ms of the total).
 Each notifyd run is checked: every notification acked ``delivered``, no duplicate, one
@@ -62,7 +65,7 @@ from aiosmtplib.email import parse_address
 
 from common import eventloop
 from common.db import create_engine_from_url, deliveries, migrate
-from common.ens.envelope import Ack, AckStatus, Notification, Renl
+from common.ens.envelope import PUBLICATION, Ack, AckStatus, Notification, Renl, standard_properties
 from common.ens.memory import MemoryBus
 from common.ens.reference import EventReference
 from common.payload import AlarmPayload
@@ -108,9 +111,12 @@ def alarm(uid: str) -> AlarmPayload:
     return sample_payload(uid=uid, action="EMAIL", recipients=[RECIPIENT])
 
 
-def notification(payload: AlarmPayload, renl_id: str) -> Notification:
+def notification(payload: AlarmPayload, renl_id: str, publication: int = 1) -> Notification:
+    """As alarmd publishes it: ``publication`` 1 is an instance's first publication (no
+    delivery-log lookup); a later one is looked up first, as after a lost ack."""
     ref = EventReference.alarm(payload.component, payload.calid, payload.uid, payload.rid, payload.aid)
-    return Notification(ref=ref, payload=payload.to_dict(), renl=Renl(ACK_TO, renl_id, 600.0))
+    properties = {**standard_properties("alarmd", datetime.now(UTC)), PUBLICATION: publication}
+    return Notification(ref=ref, payload=payload.to_dict(), properties=properties, renl=Renl(ACK_TO, renl_id, 600.0))
 
 
 def uid(label: str, i: int) -> str:
@@ -193,7 +199,14 @@ async def run_ceiling(sink: SmtpSink, settings: Settings, n: int, flattened: boo
 
 
 async def run_notifyd(
-    sink: SmtpSink, settings: Settings, n: int, label: str, dedup: str, workdir: Path, profile: cProfile.Profile | None
+    sink: SmtpSink,
+    settings: Settings,
+    n: int,
+    label: str,
+    dedup: str,
+    workdir: Path,
+    profile: cProfile.Profile | None,
+    publication: int = 1,
 ) -> Run:
     """``n`` distinct notifications through a fresh notifier; timed from first publish to last ack."""
     bus = MemoryBus()
@@ -222,7 +235,7 @@ async def run_notifyd(
         if statuses.total() == n:
             done.set()
 
-    notifications = [notification(alarm(uid(label, i)), f"{label}:{i}") for i in range(n)]
+    notifications = [notification(alarm(uid(label, i)), f"{label}:{i}", publication) for i in range(n)]
     acks = await bus.consume_acks(ACK_TO, on_ack)
     await notifier.start()
     await asyncio.sleep(0.05)  # let the start-up purge of the delivery log finish before the clock runs
@@ -298,6 +311,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=200, help="untimed messages of each kind first (default 200)")
     parser.add_argument("--dedup", choices=("sql", "memory"), default="sql", help="delivery log (default sql)")
     parser.add_argument("--profile", action="store_true", help="profile one more notifyd run (stderr)")
+    parser.add_argument(
+        "--publication",
+        type=int,
+        default=1,
+        help="the notifications' publication number: 1 (default) as alarmd's first publication of an instance, "
+        "2 or more as a republication, which notifyd looks up in the delivery log first",
+    )
     args = parser.parse_args(argv)
     for name in ("messages", "pool", "concurrency", "rounds"):
         if getattr(args, name) < 1:
@@ -312,7 +332,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         if args.warmup:
             await run_ceiling(sink, settings, args.warmup, flattened=False)
             await run_ceiling(sink, settings, args.warmup, flattened=True)
-            await run_notifyd(sink, settings, args.warmup, "warmup", args.dedup, workdir, None)
+            await run_notifyd(sink, settings, args.warmup, "warmup", args.dedup, workdir, None, args.publication)
         ceiling: list[Run] = []
         send_message: list[Run] = []
         notifyd: list[Run] = []
@@ -322,11 +342,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             gc.collect()
             send_message.append(await run_ceiling(sink, settings, args.messages, flattened=False))
             gc.collect()
-            notifyd.append(await run_notifyd(sink, settings, args.messages, f"r{round_no}", args.dedup, workdir, None))
+            notifyd.append(
+                await run_notifyd(
+                    sink, settings, args.messages, f"r{round_no}", args.dedup, workdir, None, args.publication
+                )
+            )
         if args.profile:
             profile = cProfile.Profile()
             gc.collect()
-            run = await run_notifyd(sink, settings, args.messages, "profile", args.dedup, workdir, profile)
+            run = await run_notifyd(
+                sink, settings, args.messages, "profile", args.dedup, workdir, profile, args.publication
+            )
             print(f"# profile: notifyd, {run.per_second:.0f}/s under cProfile (main thread only)", file=sys.stderr)
             for key in ("cumulative", "tottime"):
                 pstats.Stats(profile, stream=sys.stderr).sort_stats(key).print_stats(25)
@@ -338,6 +364,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "warmup": args.warmup,
         "dedup": args.dedup,
+        "publication": args.publication,
         "ceiling_per_s": [round(run.per_second, 1) for run in ceiling],
         "ceiling_median_per_s": round(median_rate(ceiling), 1),
         "send_message_per_s": [round(run.per_second, 1) for run in send_message],

@@ -337,6 +337,35 @@ async def test_pool_queue_keeps_messages_while_no_member_listens(buses: Buses) -
     assert first_life.items == []
 
 
+async def test_a_message_whose_member_died_unsettled_comes_again_marked_redelivered(buses: Buses) -> None:
+    """``redelivered`` lets notifyd skip its delivery-log lookup only for a first copy."""
+    publisher = await buses.new()
+    pool = "enp+pool.notifyd:///ics/eventalarm"
+    if buses.kind == "amqp":
+        # A member whose handler never returns: its process dies with the message unsettled.
+        dying = AmqpBus(buses.url, timeout=WAIT, close_timeout=0.2)
+        buses.made.append(dying)
+        await dying.start()
+        taken: Inbox[Notification] = Inbox()
+
+        async def hang(item: Notification) -> None:
+            await taken(item)
+            await asyncio.Event().wait()
+
+        await dying.subscribe(pool, hang)
+        await publisher.publish(first := notification())
+        [held] = await taken.wait_for(1)
+        assert (held.id, held.redelivered) == (first.id, False)
+        await dying.close()  # the handler is cancelled: the broker requeues the message
+    survivor: Inbox[Notification] = Inbox()
+    await (await buses.new()).subscribe(pool, survivor)
+    await publisher.publish(fresh := notification())
+    got = await survivor.wait_for(2 if buses.kind == "amqp" else 1)
+    assert {n.id: n.redelivered for n in got} == (
+        {first.id: True, fresh.id: False} if buses.kind == "amqp" else {fresh.id: False}
+    )
+
+
 async def test_closed_bus_refuses_with_bus_unavailable(buses: Buses) -> None:
     bus = await buses.new()
     await bus.start()  # idempotent

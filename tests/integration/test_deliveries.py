@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 
 from common.db.engine import create_engine_from_url
 from common.db.tables import deliveries
-from common.ens.envelope import Ack, AckStatus, Notification
+from common.ens.envelope import PUBLICATION, Ack, AckStatus, Notification
 from common.ens.memory import MemoryBus
 from common.payload import AlarmPayload, format_utc
 from common.settings import NotifydSettings, Settings, SmtpSettings
@@ -229,6 +230,39 @@ async def test_the_same_notification_again_is_acked_as_a_duplicate_and_not_maile
         assert (other.status, other.reason) == (AckStatus.DELIVERED, "")
         await server.wait_for(2, WAIT)
         assert len(records.records) == 2
+
+
+class CountingLog(MemoryDeliveryLog):
+    def __init__(self) -> None:
+        super().__init__(RETENTION)
+        self.lookups = 0
+
+    async def sent_at(self, key: str, now: datetime) -> datetime | None:
+        self.lookups += 1
+        return await super().sent_at(key, now)
+
+
+def publication(renl_id: str, number: int) -> Notification:
+    sent = notification(renl_id)
+    return dataclasses.replace(sent, properties={**sent.properties, PUBLICATION: number})
+
+
+async def test_only_a_first_copy_skips_the_lookup() -> None:
+    records = CountingLog()
+    async with recording_smtp_server() as server, node(server, with_log(records)) as n:
+        first = await n.deliver(publication("1:1", 1))
+        assert (first.status, first.reason, records.lookups) == (AckStatus.DELIVERED, "", 0)
+        await server.wait_for(1, WAIT)
+        assert len(records.records) == 1  # recorded all the same
+        # alarmd's second publication (a lost ack, a publish it could not confirm): checked
+        again = await n.deliver(publication("1:2", 2))
+        assert again.reason.startswith("duplicate")
+        assert records.lookups == 1
+        # the first publication again, redelivered by the broker (a notifyd died holding it)
+        redelivered = dataclasses.replace(publication("1:1", 1), redelivered=True)
+        await n.notifier.handle(redelivered)
+        assert records.lookups == 2
+        assert (len(server.messages), n.notifier.duplicates) == (1, 2)
 
 
 @pytest.mark.parametrize(

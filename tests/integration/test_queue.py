@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -12,8 +14,9 @@ from alembic.runtime.migration import MigrationContext
 
 from alarmd.ical import CalendarError
 from alarmd.queue import AckOutcome, AckRequest, AlarmQueue
+from common.db import migrate
 from common.db.engine import create_engine_from_url
-from common.db.tables import metadata
+from common.db.tables import alarm_history, alarms, metadata
 from common.ens.envelope import AckStatus
 from tests.calendars import display, event, utc
 
@@ -60,6 +63,60 @@ def test_unacked_instance_is_due_again_after_its_lease_and_late_ack_removes_it_o
     assert queue.ack(first.id, 1, AckStatus.DELIVERED, "", now=due, retry_delay=NO_DELAY) is AckOutcome.DELETED
     assert queue.ack(second.id, 2, AckStatus.DELIVERED, "", now=due, retry_delay=NO_DELAY) is AckOutcome.UNKNOWN
     assert queue.list_alarms() == []
+
+
+def test_publications_count_every_claim_and_a_release_gives_back_only_the_attempt(queue: AlarmQueue) -> None:
+    put_one(queue)
+    due = utc("2026-11-23T10:10:00Z")
+    (first,) = queue.claim_due(now=due, limit=10, lease=LEASE, owner="t")
+    assert (first.attempt, first.publication) == (1, 1)
+    # The publish could not be confirmed: the broker may have the message all the same.
+    queue.release([first], now=due, delay=NO_DELAY, reason="no confirm")
+    (again,) = queue.claim_due(now=due, limit=10, lease=LEASE, owner="t")
+    assert (again.attempt, again.publication) == (1, 2)
+    (third,) = queue.claim_due(now=due + LEASE, limit=10, lease=LEASE, owner="t")
+    assert (third.attempt, third.publication) == (2, 3)
+
+
+def test_migration_0004_counts_the_publications_of_existing_rows(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrate.upgrade(url, "0003")
+    engine = create_engine_from_url(url)
+    row: dict[str, Any] = {
+        "calid": "jac",
+        "uid": "e1",
+        "rid": "",
+        "aid": "1",
+        "component": "event",
+        "action": "DISPLAY",
+    }
+    row |= {"trigger_at": NOW, "next_at": NOW, "payload": {}, "created_at": NOW, "updated_at": NOW}
+    events = {1: ["queued"], 2: ["queued", "published", "unpublished", "published"], 3: ["queued", "published"]}
+    with engine.begin() as conn:
+        for alarm_id, attempts in ((1, 0), (2, 1), (3, 4)):  # 3: its history purged in part
+            conn.execute(
+                alarms.insert().values(id=alarm_id, state="pending", attempts=attempts, **{**row, "aid": str(alarm_id)})
+            )
+            conn.execute(
+                alarm_history.insert(),
+                [{**_history(row, alarm_id), "event": event} for event in events[alarm_id]],
+            )
+    engine.dispose()
+    migrate.upgrade(url)
+    engine = create_engine_from_url(url)
+    with engine.connect() as conn:
+        counted = dict(conn.execute(sa.select(alarms.c.id, alarms.c.publications)).all())
+    engine.dispose()
+    assert counted == {1: 0, 2: 2, 3: 4}
+
+
+def _history(row: dict[str, Any], alarm_id: int) -> dict[str, Any]:
+    return {
+        "alarm_id": alarm_id,
+        **{k: row[k] for k in ("calid", "uid", "rid", "trigger_at")},
+        "aid": str(alarm_id),
+        "at": NOW,
+    }
 
 
 def test_ack_many_applies_a_mixed_batch_in_one_transaction_with_an_outcome_each(queue: AlarmQueue) -> None:

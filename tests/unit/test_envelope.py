@@ -1,9 +1,11 @@
+import dataclasses
 import json
 from datetime import UTC, datetime
 
 import pytest
 
 from common.ens.envelope import (
+    PUBLICATION,
     Ack,
     AckStatus,
     EnvelopeError,
@@ -62,3 +64,16 @@ def test_renl_can_be_read_from_an_otherwise_invalid_message() -> None:
     raw = b'{"v": 99, "renl": {"ack_to": "alarmd", "renl_id": "3:1", "timeout": 5}}'
     assert renl_of(raw) == Renl("alarmd", "3:1", 5.0)
     assert renl_of(b"\xff\xfe") is None
+
+
+def test_only_a_first_publication_not_redelivered_is_a_first_copy() -> None:
+    ref = REF
+    first = Notification(ref, {}, {PUBLICATION: 1})
+    assert first.first_copy
+    assert not dataclasses.replace(first, redelivered=True).first_copy
+    assert not Notification(ref, {}, {PUBLICATION: 2}).first_copy
+    assert not Notification(ref, {}, {}).first_copy  # another publisher: no claim to be first
+    assert not Notification(ref, {}, {PUBLICATION: True}).first_copy
+    assert not Notification(ref, {}, {PUBLICATION: "1"}).first_copy
+    # the flag is the receiving bus's, not the wire's
+    assert Notification.from_json(dataclasses.replace(first, redelivered=True).to_json()).first_copy

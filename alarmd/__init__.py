@@ -1,17 +1,22 @@
 """alarmd: the alarm queue and its publisher.
 
-Calendar code uses :class:`AlarmQueue` directly::
-
-    from alarmd import AlarmPayload, AlarmQueue
-    queue = AlarmQueue.from_url("postgresql+psycopg://calalarm@db/calalarm")
-    queue.put("jac", ics_text, now=datetime.now(UTC), owner="jac@example.com")   # a calendar object
-    queue.enqueue([AlarmPayload(calid="jac", uid="u1", rid="", aid="1", component="event",
-                                action="DISPLAY", trigger="2026-11-23T09:45:00Z",
-                                summary="Team meeting", owner="jac@example.com")],
-                  now=datetime.now(UTC))                                          # single alarms, in bulk
+Calendar code uses :class:`AlarmQueue` (synchronous) or :class:`AsyncAlarmQueue` (the
+same calls for asyncio); the README's "From calendar code" has a runnable example.
 """
 
-from alarmd.queue import AlarmQueue, EnqueueResult, InvalidAlarm, PutResult
+from alarmd.aio import AsyncAlarmQueue
+from alarmd.ical import CalendarError
+from alarmd.queue import AlarmQueue, EnqueueResult, InvalidAlarm, InvalidLocale, PutResult, UnknownTimeZone
 from common.payload import AlarmPayload
 
-__all__ = ["AlarmPayload", "AlarmQueue", "EnqueueResult", "InvalidAlarm", "PutResult"]
+__all__ = [
+    "AlarmPayload",
+    "AlarmQueue",
+    "AsyncAlarmQueue",
+    "CalendarError",
+    "EnqueueResult",
+    "InvalidAlarm",
+    "InvalidLocale",
+    "PutResult",
+    "UnknownTimeZone",
+]

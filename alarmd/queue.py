@@ -33,7 +33,7 @@ from common.db.engine import create_engine_from_url
 from common.db.tables import alarm_history, alarms, sources
 from common.ens.envelope import AckStatus
 from common.ens.reference import EventReference
-from common.payload import AlarmPayload, PayloadError
+from common.payload import AlarmPayload, PayloadError, format_utc
 from common.settings import AlarmdSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -312,6 +312,12 @@ class AlarmQueue:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def __enter__(self) -> AlarmQueue:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after every change that may make something due sooner."""
@@ -993,8 +999,14 @@ def _single_row(payload: AlarmPayload, now: datetime) -> dict[str, Any] | None:
     if not payload.calid or not payload.uid or not payload.aid:
         raise InvalidAlarm(f"alarm {payload.calid!r}/{payload.uid!r}: calid, uid and aid must not be empty")
     trigger = payload.trigger_at
+    if trigger.microsecond:
+        raise InvalidAlarm(
+            f"alarm {payload.calid!r}/{payload.uid!r}: trigger {payload.trigger!r} has fractions of a second; "
+            "triggers are whole seconds, as in iCalendar"
+        )
     if trigger < now:
         return None
+    data["trigger"] = format_utc(trigger)  # one spelling (…T10:00:00Z) on the wire and in notifyd's dedup key
     return {
         "calid": payload.calid,
         "uid": payload.uid,

@@ -37,7 +37,7 @@ def parse_utc(text: str) -> datetime:
 class AlarmPayload:
     calid: str
     uid: str
-    rid: str  # recurrence id as UTC ISO Z; "" for a non-recurring component
+    rid: str  # recurrence id, iCalendar basic form: 20261124T083000Z, or 20261125 (all-day); "" if not recurring
     aid: str
     component: str  # "event" | "todo"
     action: str  # "DISPLAY" | "EMAIL" | "AUDIO" | …

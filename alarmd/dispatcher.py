@@ -33,6 +33,8 @@ from common.batching import GroupCommit
 from common.clock import Clock, utcnow
 from common.ens.abc import Bus, Subscription
 from common.ens.envelope import PUBLICATION, Ack, Notification, Renl, standard_properties
+from common.logs import without_addresses
+from common.metrics import AlarmdMetrics
 from common.settings import AlarmdSettings
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class Dispatcher:
         *,
         clock: Clock = utcnow,
         node: str | None = None,
+        metrics: AlarmdMetrics | None = None,
     ) -> None:
         self.queue = queue
         self.bus = bus
@@ -76,6 +79,8 @@ class Dispatcher:
         # spent a third of alarmd's CPU on one transaction per ack).
         self._acks: GroupCommit[AckRequest, AckOutcome] = GroupCommit(self._apply_acks, name="alarmd:acks")
         queue.add_listener(self.wake)
+        self.metrics = metrics if metrics is not None else AlarmdMetrics()
+        queue.add_added_listener(self.metrics.enqueued.inc)
 
     def wake(self) -> None:
         """Re-check the queue now (safe to call from any thread)."""
@@ -158,6 +163,7 @@ class Dispatcher:
         self._backlog_waiting = batch.late_limited
         self.expired += batch.expired
         self.failed += batch.failed
+        self.metrics.observe_claim(batch.expired, batch.failed)
         if not batch.claimed:
             return 0
         results = await asyncio.gather(*(self._publish(c) for c in batch.claimed), return_exceptions=True)
@@ -165,6 +171,7 @@ class Dispatcher:
         if failed:
             reason = f"publish failed: {next(r for r in results if isinstance(r, BaseException))}"
             self._bus_backoff = _next_backoff(self._bus_backoff)
+            self.metrics.unpublished.inc(len(failed))
             log.warning(
                 "%d of %d notifications not published (%s); due again in %s, claiming paused for %.1fs",
                 len(failed),
@@ -193,7 +200,9 @@ class Dispatcher:
         except BaseException:
             self._outstanding.discard(claimed.renl_id)
             raise
-        log.info("published alarm=%d attempt=%d ref=%s", claimed.id, claimed.attempt, claimed.ref)
+        self.metrics.observe_publish(claimed.attempt, (self.clock() - claimed.trigger).total_seconds())
+        if log.isEnabledFor(logging.INFO):  # no fields built for nothing in a burst
+            log.info("published", extra=_fields(claimed))
 
     async def _sleep_until_due(self) -> None:
         self._wake.clear()  # before the query: a wake-up during it must not be lost
@@ -251,16 +260,32 @@ class Dispatcher:
             )
             raise
         self.acked[outcome.value] = self.acked.get(outcome.value, 0) + 1
+        self.metrics.observe_ack(ack.status.value, outcome.value)
         level = logging.WARNING if outcome in (AckOutcome.UNKNOWN, AckOutcome.FAILED) else logging.INFO
-        log.log(
-            level,
-            "ack alarm=%d attempt=%d status=%s -> %s %s",
-            alarm_id,
-            attempt,
-            ack.status.value,
-            outcome.value,
-            ack.reason[:200],
-        )
+        if outcome is AckOutcome.UNKNOWN and ack.redelivered:
+            # The broker brought it back after a lost connection: almost always an ack
+            # this dispatcher (or another) applied before the connection went. Harmless.
+            level = logging.INFO
+        if log.isEnabledFor(level):
+            fields = {"alarm": alarm_id, "attempt": attempt, "status": ack.status.value, "outcome": outcome.value}
+            if ack.redelivered:
+                fields["redelivered"] = True
+            if ack.reason:  # notifyd's reasons quote server replies, which name recipients
+                fields["reason"] = without_addresses(ack.reason)[:200]
+            log.log(level, "ack", extra=fields)
+
+
+def _fields(claimed: ClaimedAlarm) -> dict[str, object]:
+    """The ids of a claimed instance, as log fields (never its payload: addresses, summary)."""
+    return {
+        "alarm": claimed.id,
+        "attempt": claimed.attempt,
+        "component": claimed.component,
+        "calid": claimed.calid,
+        "uid": claimed.uid,
+        "rid": claimed.rid,
+        "aid": claimed.aid,
+    }
 
 
 def _next_backoff(current: float) -> float:

@@ -24,7 +24,18 @@ from common.clock import utcnow
 from common.db import migrate
 from common.ens import BusError, create_bus
 from common.ens.startup import start_when_reachable
-from common.settings import BusSettings, ConfigError, DatabaseSettings, Settings, SmtpSettings, load_settings
+from common.logs import setup_logging
+from common.metrics import AlarmdMetrics, NotifydMetrics, QueueCollector, serve_metrics, service_registry
+from common.settings import (
+    LOG_LEVELS,
+    BusSettings,
+    ConfigError,
+    DatabaseSettings,
+    Settings,
+    SmtpSettings,
+    load_settings,
+)
+from common.systemd import SystemdNotifier, watchdog
 
 log = logging.getLogger("alarmd")
 
@@ -54,10 +65,14 @@ async def serve(settings: Settings, *, with_notifier: bool, demo: bool) -> None:
     migrate.ensure_schema(settings.database.url)
     queue = AlarmQueue.from_settings(settings)
     bus = create_bus(settings.bus.url)
-    dispatcher = Dispatcher(queue, bus, settings.alarmd)
+    registry = service_registry()  # alarmd's metrics, and notifyd's with --with-notifier
+    registry.register(QueueCollector(lambda: queue.stats(now=utcnow())))
+    dispatcher = Dispatcher(queue, bus, settings.alarmd, metrics=AlarmdMetrics(registry))
     stop = asyncio.Event()
+    systemd = SystemdNotifier.from_env()
 
     def request_stop() -> None:
+        systemd.stopping()
         stop.set()
         dispatcher.stop()
 
@@ -66,7 +81,13 @@ async def serve(settings: Settings, *, with_notifier: bool, demo: bool) -> None:
         loop.add_signal_handler(sig, request_stop)
     stack = contextlib.AsyncExitStack()
     async with stack:
+        stack.callback(systemd.close)
         stack.push_async_callback(asyncio.to_thread, queue.close)
+        # Served while waiting for the bus too: the queue gauges show what a broker outage holds up.
+        listen, setting = metrics_listen(settings, with_notifier)
+        metrics_server = serve_metrics(listen, registry, setting=setting)
+        if metrics_server is not None:
+            stack.push_async_callback(asyncio.to_thread, metrics_server.close)
         if not await start_when_reachable(bus, stop, service="alarmd"):
             log.info("alarmd stopped before the bus answered")
             return
@@ -82,7 +103,9 @@ async def serve(settings: Settings, *, with_notifier: bool, demo: bool) -> None:
         if with_notifier:
             from notifyd.service import notifier_from_settings
 
-            notifier, sender = notifier_from_settings(bus, settings, utcnow, engine=queue.engine)
+            notifier, sender = notifier_from_settings(
+                bus, settings, utcnow, engine=queue.engine, metrics=NotifydMetrics(registry)
+            )
             stack.push_async_callback(sender.close)
             await notifier.start()
             stack.push_async_callback(notifier.stop)
@@ -94,10 +117,20 @@ async def serve(settings: Settings, *, with_notifier: bool, demo: bool) -> None:
         stack.callback(scheduler.shutdown, wait=False)
 
         run = asyncio.create_task(dispatcher.run())
+        systemd.ready("dispatching alarms" + (" and emailing them" if with_notifier else ""))
+        await stack.enter_async_context(watchdog(systemd))  # pings while this loop turns; stops first on exit
         if demo:
             await enqueue_demo(queue)
         await run
         log.info("alarmd stopping")
+
+
+def metrics_listen(settings: Settings, with_notifier: bool) -> tuple[str, str]:
+    """Where alarmd serves /metrics, and the setting that says so: ``alarmd.metrics_listen``, else
+    with ``--with-notifier`` ``notifyd.metrics_listen`` (one endpoint for both services)."""
+    if settings.alarmd.metrics_listen or not with_notifier:
+        return settings.alarmd.metrics_listen, "alarmd.metrics_listen"
+    return settings.notifyd.metrics_listen, "notifyd.metrics_listen"
 
 
 async def enqueue_demo(queue: AlarmQueue) -> None:
@@ -129,15 +162,20 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 @click.option("--config", type=click.Path(dir_okay=False), help="TOML configuration (default: $CALALARM_CONFIG).")
 @click.option("--with-notifier", is_flag=True, help="Run notifyd's email delivery in this process too.")
 @click.option("--demo", is_flag=True, help="Embedded demo: SQLite, in-process bus, SMTP catcher on 127.0.0.1:8025.")
-@click.option("--log-level", default="INFO", show_default=True)
-def main(config: str | None, with_notifier: bool, demo: bool, log_level: str) -> None:
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default=None,
+    help="Overrides logging.level (default INFO).",
+)
+def main(config: str | None, with_notifier: bool, demo: bool, log_level: str | None) -> None:
     """Publish due calendar alarms to the bus and apply their acknowledgments."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = load_settings(config)
     except ConfigError as exc:
         click.echo(f"alarmd: configuration: {exc}", err=True)
         sys.exit(2)
+    setup_logging(settings.logging, level=log_level)
     if demo:
         settings = demo_settings(settings)
         with_notifier = True

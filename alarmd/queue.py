@@ -289,6 +289,7 @@ class AlarmQueue:
         self.horizon = horizon
         self.min_interval = min_interval
         self._listeners: list[Callable[[], None]] = []
+        self._added_listeners: list[Callable[[int], None]] = []
 
     @classmethod
     def from_url(
@@ -323,6 +324,10 @@ class AlarmQueue:
         """Call ``callback`` after every change that may make something due sooner."""
         self._listeners.append(callback)
 
+    def add_added_listener(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(n)`` after this object added ``n`` instances (put, enqueue, horizon): metrics."""
+        self._added_listeners.append(callback)
+
     # ---------------------------------------------------------------- enqueue
 
     def put(
@@ -355,7 +360,7 @@ class AlarmQueue:
         for obj in parsed.objects:
             self._put_object(calid, obj, zone, _Audience(owner, locale), now, result)
         if result.added:
-            self._changed()
+            self._changed(added=result.added)
         return result
 
     def enqueue(self, items: Iterable[AlarmPayload], *, now: datetime, chunk: int = ENQUEUE_CHUNK) -> EnqueueResult:
@@ -383,7 +388,7 @@ class AlarmQueue:
         if batch:
             self._insert_singles(batch, now, result)
         if result.added:
-            self._changed()
+            self._changed(added=result.added)
         return result
 
     def _insert_singles(self, rows: list[dict[str, Any]], now: datetime, result: EnqueueResult) -> None:
@@ -442,7 +447,7 @@ class AlarmQueue:
                 log.warning("horizon: %s", error)
             extended += len(due)
             if result.added:
-                self._changed()
+                self._changed(added=result.added)
             if len(due) < batch:
                 return extended
 
@@ -952,9 +957,11 @@ class AlarmQueue:
             [_history_row(k, event, now, attempt=a, detail=d) for k, a, d in zip(keys, attempts, details, strict=True)],
         )
 
-    def _changed(self) -> None:
+    def _changed(self, added: int = 0) -> None:
         for callback in self._listeners:
             callback()
+        for counted in self._added_listeners if added else ():
+            counted(added)
 
 
 def _row(p: PlannedAlarm, now: datetime) -> dict[str, Any]:

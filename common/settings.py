@@ -107,6 +107,9 @@ class AlarmdSettings:
     late_after: float = 60.0  # seconds overdue after which an instance is backlog, sent under alarmd.catchup_rate
     catchup_rate: float = 100.0  # backlog instances published per second (bursts of as many), most recent first
     history_retention: float = 30 * 86400.0  # seconds alarm_history rows are kept; purged hourly
+    # Prometheus /metrics endpoint, "HOST:PORT" ("127.0.0.1:9464", ":9464" = every interface); "" = off.
+    # ``alarmd --with-notifier`` serves notifyd's metrics here too.
+    metrics_listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,17 @@ class NotifydSettings:
     attach_ics: bool = False  # add the occurrence as a text/calendar part
     description_max: int = 4000  # characters of the event description shown in a reminder
     dedup_retention: float = 14 * 86400.0  # seconds a sent reminder is remembered, to suppress resends
+    metrics_listen: str = ""  # Prometheus /metrics endpoint of a separate notifyd, "HOST:PORT"; "" = off
+
+
+LOG_FORMATS = ("text", "keyvalue", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    format: str = "text"  # "text" (for people), "keyvalue" (logfmt: key=value ...) or "json" (one object a line)
+    level: str = "INFO"  # DEBUG, INFO, WARNING, ERROR; ``alarmd --log-level`` overrides it
 
 
 @dataclass(frozen=True)
@@ -131,6 +145,7 @@ class Settings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     alarmd: AlarmdSettings = field(default_factory=AlarmdSettings)
     notifyd: NotifydSettings = field(default_factory=NotifydSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     def replace(self, **sections: Any) -> Settings:
         return dataclasses.replace(self, **sections)
@@ -143,6 +158,7 @@ _SECTIONS: dict[str, type] = {
     "smtp": SmtpSettings,
     "alarmd": AlarmdSettings,
     "notifyd": NotifydSettings,
+    "logging": LoggingSettings,
 }
 
 
@@ -263,6 +279,30 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"alarmd.default_tz {settings.alarmd.default_tz!r} is not an IANA time zone") from None
     if not settings.database.url.startswith(("sqlite", "postgresql")):
         raise ConfigError(f"database.url {settings.database.url!r}: use sqlite:///PATH or postgresql+psycopg://…")
+    if settings.alarmd.metrics_listen:
+        parse_listen(settings.alarmd.metrics_listen, "alarmd.metrics_listen")
+    if settings.notifyd.metrics_listen:
+        parse_listen(settings.notifyd.metrics_listen, "notifyd.metrics_listen")
+    if settings.logging.format.lower() not in LOG_FORMATS:
+        raise ConfigError(f'logging.format {settings.logging.format!r}: use "text", "keyvalue" or "json"')
+    if settings.logging.level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"logging.level {settings.logging.level!r}: use DEBUG, INFO, WARNING or ERROR")
+
+
+def parse_listen(value: str, setting: str) -> tuple[str, int]:
+    """``HOST:PORT`` as (host, port): ``:PORT`` is every IPv4 interface, ``[::]:PORT`` every IPv6 one,
+    port 0 a free port. ``setting`` names the setting in the :class:`ConfigError`."""
+    host, colon, port = value.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        colon = ""  # an IPv6 address without brackets: the port cannot be told apart
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            f"{setting} {value!r}: write HOST:PORT, e.g. 127.0.0.1:9464 (:9464 listens on every interface, "
+            "[::1]:9464 on IPv6); leave it empty for no metrics endpoint"
+        )
+    return host or "0.0.0.0", int(port)
 
 
 def _validate_smtp(smtp: SmtpSettings) -> None:

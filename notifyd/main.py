@@ -1,8 +1,9 @@
 """``notifyd [--config PATH]``: the notifier as a service of its own, beside a broker.
 
 Exit status: 0 after a clean stop (SIGINT or SIGTERM), 1 when the bus or the database
-cannot be reached (or the database is not migrated: run ``alarmctl db upgrade``), 2 for
-a configuration that cannot be used (settings, templates, directory, password file).
+cannot be reached (or the database is not migrated: run ``alarmctl db upgrade``) or
+``notifyd.metrics_listen`` cannot be bound, 2 for a configuration that cannot be used
+(settings, templates, directory, password file).
 
 notifyd uses the database only for its delivery records (``deliveries``), which let
 every notifyd of a pool suppress duplicates.
@@ -24,12 +25,14 @@ from common import eventloop
 from common.db import create_engine_from_url, migrate
 from common.ens import BusError, create_bus
 from common.ens.startup import start_when_reachable
+from common.logs import setup_logging
+from common.metrics import NotifydMetrics, serve_metrics, service_registry
 from common.settings import ConfigError, Settings, load_settings
+from common.systemd import SystemdNotifier, watchdog
 from notifyd.service import notifier_from_settings
 
 log = logging.getLogger("notifyd")
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 EXIT_OK = 0
 EXIT_UNAVAILABLE = 1
 EXIT_CONFIG = 2
@@ -51,12 +54,12 @@ MEMORY_BUS_REFUSED = (
 )
 def main(config_path: Path | None) -> None:
     """Email the reminders of alarm notifications received from the bus."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     try:
         settings = load_settings(config_path)
     except ConfigError as exc:
         click.echo(f"notifyd: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
+    setup_logging(settings.logging)
     if settings.bus.url.startswith("memory:"):
         click.echo(f"notifyd: {MEMORY_BUS_REFUSED}", err=True)
         sys.exit(EXIT_CONFIG)
@@ -71,22 +74,37 @@ async def serve(settings: Settings) -> int:
         click.echo(f"notifyd: {exc}", err=True)
         return EXIT_UNAVAILABLE
     engine = create_engine_from_url(settings.database.url)
+    registry = service_registry()
     try:
         # As many messages from the broker as notifyd handles at once: more would wait
         # unacked in this process while the publisher's RENL timeout runs.
         bus = create_bus(settings.bus.url, prefetch=settings.notifyd.concurrency)
-        notifier, sender = notifier_from_settings(bus, settings, lambda: datetime.now(UTC), engine=engine)
+        notifier, sender = notifier_from_settings(
+            bus, settings, lambda: datetime.now(UTC), engine=engine, metrics=NotifydMetrics(registry)
+        )
     except (BusError, ConfigError) as exc:
         click.echo(f"notifyd: {exc}", err=True)
         engine.dispose()
         return EXIT_CONFIG
 
     stop = asyncio.Event()
+    systemd = SystemdNotifier.from_env()
+
+    def request_stop() -> None:
+        systemd.stopping()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, request_stop)
+    metrics_server = None
     try:
+        try:  # served while waiting for the bus too
+            metrics_server = serve_metrics(settings.notifyd.metrics_listen, registry, setting="notifyd.metrics_listen")
+        except OSError as exc:
+            click.echo(f"notifyd: {exc}", err=True)
+            return EXIT_UNAVAILABLE
         try:
             if not await start_when_reachable(bus, stop, service="notifyd"):
                 log.info("notifyd stopped before the bus answered")
@@ -103,18 +121,23 @@ async def serve(settings: Settings) -> int:
             settings.smtp.pool_size,
             settings.notifyd.concurrency,
         )
-        await stop.wait()
+        systemd.ready(f"emailing reminders as pool {settings.notifyd.pool!r}")
+        async with watchdog(systemd):  # pings while this loop turns
+            await stop.wait()
         log.info("stopping: finishing the notifications in hand")
         await notifier.stop()
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+        if metrics_server is not None:
+            await asyncio.to_thread(metrics_server.close)
         await sender.close()
         try:
             await bus.close()
         except BusError as exc:
             log.warning("closing the bus: %s", exc)
         engine.dispose()
+        systemd.close()
     log.info("notifyd stopped")
     return EXIT_OK
 

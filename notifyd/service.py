@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from common.ens.abc import Bus, BusUnavailable, Subscription
 from common.ens.envelope import AckStatus, Notification, standard_properties
 from common.ens.reference import EVENT_ALARM, TODO_ALARM
+from common.metrics import NotifydMetrics
 from common.payload import AlarmPayload, PayloadError, format_utc
 from common.settings import Settings
 from notifyd.dedup import Delivery, DeliveryLog, MemoryDeliveryLog, SqlDeliveryLog, instance_key
@@ -42,6 +43,7 @@ STOP_GRACE = 30.0
 PURGE_EVERY = 3600.0  # seconds between purges of expired delivery records
 _ADDRESS = re.compile(r"\S+@\S+")
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+DUPLICATE = "duplicate: "  # how the reason of an ack for a reminder mailed before begins
 
 
 class MailSender(Protocol):
@@ -67,6 +69,7 @@ class Notifier:
         templates: Templates | None = None,
         directory: Directory | None = None,
         deliveries: DeliveryLog | None = None,
+        metrics: NotifydMetrics | None = None,
     ) -> None:
         options = settings.notifyd
         self._bus = bus
@@ -86,6 +89,7 @@ class Notifier:
         self.failed = 0
         self.retried = 0
         self.duplicates = 0
+        self.metrics = metrics if metrics is not None else NotifydMetrics()
 
     @property
     def deliveries(self) -> DeliveryLog:
@@ -177,7 +181,7 @@ class Notifier:
         if sent_at is not None:
             self.duplicates += 1
             return SendResult(
-                AckStatus.DELIVERED, f"duplicate: already mailed at {format_utc(sent_at)}; not sent again"
+                AckStatus.DELIVERED, f"{DUPLICATE}already mailed at {format_utc(sent_at)}; not sent again"
             )
         result = await self._deliver(payload, ref)
         if result.status is AckStatus.DELIVERED:
@@ -248,11 +252,19 @@ class Notifier:
             self.failed += 1
         else:
             self.retried += 1
+        duplicate = result.status is AckStatus.DELIVERED and result.reason.startswith(DUPLICATE)
+        outcome = "duplicate" if duplicate else result.status.value
+        self.metrics.notifications[outcome].inc()
+        if not log.isEnabledFor(logging.INFO):
+            return
+        r = notification.ref
+        fields = {"calid": r.get("calid"), "uid": r.get("uid"), "rid": r.get("rid"), "aid": r.get("aid")}
+        fields.update(renl=renl, status=result.status.value, outcome=outcome)
         if result.status is AckStatus.DELIVERED and not result.rejected:
-            log.info("%s renl=%s %s", ref, renl, result.status)
+            log.info("acked renl=%s %s", renl, result.status, extra=fields)
         else:
             # Reasons can quote server replies naming recipients: keep addresses out of the log.
-            log.info("%s renl=%s %s: %s", ref, renl, result.status, _loggable(result.reason))
+            log.info("acked renl=%s %s: %s", renl, result.status, _loggable(result.reason), extra=fields)
 
 
 def _loggable(reason: str) -> str:
@@ -278,15 +290,24 @@ def _with_refusals(result: SendResult, addressing: Addressing) -> SendResult:
 
 
 def notifier_from_settings(
-    bus: Bus, settings: Settings, clock: Callable[[], datetime], *, engine: sa.Engine
+    bus: Bus,
+    settings: Settings,
+    clock: Callable[[], datetime],
+    *,
+    engine: sa.Engine,
+    metrics: NotifydMetrics | None = None,
 ) -> tuple[Notifier, SmtpSender]:
     """The production notifier: pooled SMTP, delivery records in the database at ``engine``,
-    templates checked and the directory read (:class:`ConfigError` says what is wrong)."""
+    templates checked and the directory read (:class:`ConfigError` says what is wrong); ``metrics``
+    for both the notifier and its sender (a set of their own when not given)."""
     options = settings.notifyd
     templates = Templates(options.templates, options.locale)
     templates.check(sample_context())
     directory = Directory.load(options.directory) if options.directory else Directory()
     deliveries = SqlDeliveryLog(engine, timedelta(seconds=options.dedup_retention))
-    sender = SmtpSender(settings.smtp)
-    notifier = Notifier(bus, sender, settings, clock, templates=templates, directory=directory, deliveries=deliveries)
+    metrics = metrics if metrics is not None else NotifydMetrics()
+    sender = SmtpSender(settings.smtp, metrics=metrics)
+    notifier = Notifier(
+        bus, sender, settings, clock, templates=templates, directory=directory, deliveries=deliveries, metrics=metrics
+    )
     return notifier, sender

@@ -33,6 +33,7 @@ import contextlib
 import logging
 import re
 import ssl
+import time
 from dataclasses import dataclass, field
 
 import aiosmtplib
@@ -40,6 +41,7 @@ from aiolimiter import AsyncLimiter
 from aiosmtplib.email import parse_address
 
 from common.ens.envelope import AckStatus
+from common.metrics import NotifydMetrics
 from common.settings import ConfigError, SmtpEndpoint, SmtpSettings, smtp_password
 from notifyd.recipients import mailbox
 
@@ -82,8 +84,10 @@ class SmtpSender:
         tls_context: ssl.SSLContext | None = None,
         deadline: float | None = None,
         local_hostname: str | None = None,
+        metrics: NotifydMetrics | None = None,
     ) -> None:
         endpoint = settings.endpoint
+        self._metrics = metrics if metrics is not None else NotifydMetrics()
         self._deadline = deadline if deadline is not None else settings.deadline
         try:
             envelope_from = parse_address(settings.sender)
@@ -102,7 +106,7 @@ class SmtpSender:
             envelope_from=envelope_from,
         )
         self.server = f"{endpoint.host}:{endpoint.port}"
-        self._connections = [_Connection(session, self.server) for _ in range(settings.pool_size)]
+        self._connections = [_Connection(session, self.server, self._metrics) for _ in range(settings.pool_size)]
         # Last in, first out: under light load one warm connection does the work and the
         # others stay closed, instead of every slot being opened in turn.
         self._idle: asyncio.LifoQueue[_Connection] = asyncio.LifoQueue()
@@ -124,6 +128,7 @@ class SmtpSender:
         valid, invalid = _split_recipients(recipients)
         if not valid:
             return _all_refused({}, invalid, total=len(invalid))
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._deadline):
                 if self._limiter is not None:
@@ -135,7 +140,10 @@ class SmtpSender:
                     self._idle.put_nowait(connection)
         except TimeoutError:
             # Raised by the deadline; a connection in use was dropped by _Connection.send.
+            self._metrics.smtp_replies["timeout"].inc()
             return SendResult(AckStatus.RETRY, f"SMTP {self.server}: no answer within the {self._deadline:g}s deadline")
+        finally:
+            self._metrics.smtp_send_seconds.observe(time.perf_counter() - started)
 
     async def close(self) -> None:
         """Say QUIT on every open connection and close it."""
@@ -158,9 +166,11 @@ class _Session:
 class _Connection:
     """One slot of the pool: a connection opened on demand and dropped after a failure."""
 
-    def __init__(self, session: _Session, server: str) -> None:
+    def __init__(self, session: _Session, server: str, metrics: NotifydMetrics) -> None:
         self._session = session
         self._server = server
+        self._metrics = metrics
+        self._replies = metrics.smtp_replies  # by class: one count per message
         self._smtp: aiosmtplib.SMTP | None = None
 
     @property
@@ -176,6 +186,7 @@ class _Connection:
                 try:
                     smtp = await self._connection()
                 except _ConnectFailed as exc:
+                    self._replies["connection"].inc()
                     log.warning("SMTP %s: %s", server, exc.reason)
                     return SendResult(AckStatus.RETRY, f"SMTP {server}: {exc.reason}")
                 try:
@@ -187,10 +198,12 @@ class _Connection:
                         reused = False
                         log.debug("SMTP %s: the reused connection was dead; opening a new one", server)
                         continue
+                    self._replies["connection"].inc()
                     return SendResult(AckStatus.RETRY, f"SMTP {server}: connection lost: {_describe(exc)}")
                 except aiosmtplib.SMTPRecipientsRefused as exc:
                     refused = {err.recipient: _reply_text(err.code, err.message) for err in exc.recipients}
                     codes = [err.code for err in exc.recipients]
+                    self._metrics.smtp_reply(min(codes))
                     if all(code >= 500 for code in codes):
                         return _all_refused(refused, invalid, total=len(valid) + len(invalid))
                     return SendResult(
@@ -199,19 +212,25 @@ class _Connection:
                         {**refused, **invalid},
                     )
                 except (aiosmtplib.SMTPHeloError, aiosmtplib.SMTPAuthenticationError) as exc:
+                    self._metrics.smtp_reply(exc.code)
                     return SendResult(AckStatus.RETRY, f"SMTP {server}: session refused: {_describe(exc)}")
                 except aiosmtplib.SMTPResponseException as exc:
                     what = "sender refused" if isinstance(exc, aiosmtplib.SMTPSenderRefused) else "message refused"
+                    self._metrics.smtp_reply(exc.code)
                     status = AckStatus.FAILED if exc.code >= 500 else AckStatus.RETRY
                     return SendResult(status, f"{what}: {_reply_text(exc.code, exc.message)}")
                 except aiosmtplib.SMTPNotSupported as exc:
+                    self._replies["other"].inc()
                     return SendResult(AckStatus.FAILED, f"SMTP {server} cannot take this message: {exc.message}")
                 except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                    self._replies["timeout" if isinstance(exc, TimeoutError) else "connection"].inc()
                     return SendResult(AckStatus.RETRY, f"SMTP {server}: {_describe(exc)}")
                 except ValueError as exc:
+                    self._replies["other"].inc()
                     # aiosmtplib checks addresses; ours were checked already, so this is unexpected.
                     return SendResult(AckStatus.FAILED, f"message cannot be sent: {exc}")
                 done = True
+                self._replies["2xx"].inc()
                 rejected = {addr: _reply_text(resp.code, resp.message) for addr, resp in errors.items()}
                 rejected.update(invalid)
                 if not rejected:

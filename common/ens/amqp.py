@@ -484,6 +484,8 @@ class AmqpBus(Bus):
             log.warning("dropped an invalid ack: %s", exc)
             await _settle(message, message.ack())
             return
+        if message.redelivered:
+            ack = dataclasses.replace(ack, redelivered=True)
         try:
             await handler(ack)
         except Exception:

@@ -128,6 +128,9 @@ class Ack:
     status: AckStatus
     reason: str = ""
     properties: Properties = field(default_factory=dict)
+    # Set by the bus on receipt, not sent: delivered to the publisher before, which may
+    # have applied it and lost its connection before settling it.
+    redelivered: bool = field(default=False, compare=False)
 
     def to_json(self) -> bytes:
         body = {

@@ -366,6 +366,32 @@ async def test_a_message_whose_member_died_unsettled_comes_again_marked_redelive
     )
 
 
+@pytest.mark.rabbitmq
+async def test_an_ack_whose_publisher_died_unsettled_comes_again_marked_redelivered() -> None:
+    """alarmd logs an unknown instance's ack quietly when the broker redelivered it."""
+    async with open_buses("amqp", amqp_timeout=WAIT) as buses:
+        sender = await buses.new()
+        dying = AmqpBus(buses.url, timeout=WAIT, close_timeout=0.2)
+        buses.made.append(dying)
+        await dying.start()
+        taken: Inbox[Ack] = Inbox()
+
+        async def hang(ack: Ack) -> None:
+            await taken(ack)
+            await asyncio.Event().wait()
+
+        await dying.consume_acks(ACK_TO, hang)
+        await sender.send_ack(ACK_TO, Ack("7:1", AckStatus.DELIVERED))
+        [held] = await taken.wait_for(1)
+        assert held.redelivered is False
+        await dying.close()  # the handler is cancelled: the broker requeues the ack
+        again: Inbox[Ack] = Inbox()
+        await (await buses.new()).consume_acks(ACK_TO, again)
+        await sender.send_ack(ACK_TO, Ack("8:1", AckStatus.DELIVERED))
+        got = await again.wait_for(2)
+        assert {a.renl_id: a.redelivered for a in got} == {"7:1": True, "8:1": False}
+
+
 async def test_closed_bus_refuses_with_bus_unavailable(buses: Buses) -> None:
     bus = await buses.new()
     await bus.start()  # idempotent

@@ -4,6 +4,7 @@ catch-up after downtime, a bus that refuses publishes, a database that fails, cl
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,9 +15,9 @@ import pytest
 import sqlalchemy as sa
 
 from alarmd.dispatcher import Dispatcher
-from alarmd.queue import AlarmQueue
+from alarmd.queue import AckOutcome, AlarmQueue
 from common.ens.abc import BusUnavailable
-from common.ens.envelope import Notification
+from common.ens.envelope import Ack, AckStatus, Notification
 from common.ens.memory import MemoryBus
 from common.settings import AlarmdSettings
 from tests.calendars import display, event, utc
@@ -224,3 +225,20 @@ async def test_the_run_loop_survives_a_database_outage(sqlite_url: str, monkeypa
             await eventually(lambda: s.published["e1"] == 1, within=5.0)
             assert failures == 2
             assert not run.done()
+
+
+async def test_an_ack_for_an_unknown_instance_is_ignored_and_quieter_when_redelivered(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a broker restart it redelivers acks already applied: no operator should be woken for those."""
+    caplog.set_level(logging.INFO, logger="alarmd.dispatcher")
+    async with dispatching(sqlite_url) as setup:
+        put_due(setup.queue, "kept", NOW)
+        forged, redelivered = Ack("999:1", AckStatus.DELIVERED), Ack("998:1", AckStatus.DELIVERED, redelivered=True)
+        await setup.dispatcher._on_ack(forged)
+        await setup.dispatcher._on_ack(redelivered)
+        await setup.dispatcher.close(grace=0.1)
+        assert setup.dispatcher.acked == {AckOutcome.UNKNOWN.value: 2}
+        assert [r.uid for r in setup.queue.list_alarms()] == ["kept"]  # nothing else touched
+    levels = {r.__dict__.get("alarm"): r.levelno for r in caplog.records if r.getMessage().startswith("ack")}
+    assert levels == {999: logging.WARNING, 998: logging.INFO}

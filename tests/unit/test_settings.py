@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from common.settings import ConfigError, SmtpEndpoint, SmtpSettings, load_settings, smtp_password
+from common.settings import ConfigError, SmtpEndpoint, SmtpSettings, load_settings, parse_listen, smtp_password
 
 
 def test_defaults_are_the_embedded_deployment() -> None:
@@ -128,3 +128,48 @@ def test_password_sources(tmp_path: Path) -> None:
     assert smtp_password(SmtpSettings(url="smtps://u:in-url@mail"), env={}) == "in-url"
     with pytest.raises(ConfigError, match="cannot read"):
         smtp_password(SmtpSettings(password_file=str(tmp_path / "missing")), env={})
+
+
+def test_metrics_and_logging_settings_default_to_off_and_text() -> None:
+    s = load_settings(None, env={})
+    assert (s.alarmd.metrics_listen, s.notifyd.metrics_listen) == ("", "")
+    assert (s.logging.format, s.logging.level) == ("text", "INFO")
+
+
+def test_metrics_and_logging_settings_from_file_and_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[alarmd]\nmetrics_listen = "127.0.0.1:9464"\n[logging]\nformat = "json"\nlevel = "warning"\n')
+    env = {"CALALARM_NOTIFYD_METRICS_LISTEN": ":9465", "CALALARM_LOGGING_FORMAT": "keyvalue"}
+    s = load_settings(path, env=env)
+    assert (s.alarmd.metrics_listen, s.notifyd.metrics_listen) == ("127.0.0.1:9464", ":9465")
+    assert (s.logging.format, s.logging.level) == ("keyvalue", "warning")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CALALARM_ALARMD_METRICS_LISTEN": "9464"}, "alarmd.metrics_listen '9464': write HOST:PORT"),
+        ({"CALALARM_NOTIFYD_METRICS_LISTEN": "localhost:http"}, "notifyd.metrics_listen .*HOST:PORT"),
+        ({"CALALARM_ALARMD_METRICS_LISTEN": "127.0.0.1:70000"}, "alarmd.metrics_listen"),
+        ({"CALALARM_ALARMD_METRICS_LISTEN": "::1:9464"}, r"\[::1\]:9464 on IPv6"),
+        ({"CALALARM_LOGGING_FORMAT": "xml"}, 'logging.format .xml.: use "text", "keyvalue" or "json"'),
+        ({"CALALARM_LOGGING_LEVEL": "LOUD"}, "logging.level 'LOUD': use DEBUG, INFO, WARNING or ERROR"),
+    ],
+)
+def test_bad_metrics_and_logging_settings_name_the_setting(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(None, env=env)
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+        (":9465", ("0.0.0.0", 9465)),
+        ("[::1]:9464", ("::1", 9464)),
+        ("metrics.example.com:80", ("metrics.example.com", 80)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
+    ],
+)
+def test_metrics_listen_addresses(listen: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(listen, "alarmd.metrics_listen") == expected

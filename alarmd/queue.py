@@ -607,8 +607,8 @@ class AlarmQueue:
                     sa.and_(
                         alarms.c.state == State.PENDING,
                         alarms.c.attempts == 0,
-                        alarms.c.next_at <= now,
-                        alarms.c.trigger_at < now - policy.max_lateness,
+                        # due (at its trigger, or when an operator retried it) that long ago
+                        alarms.c.next_at < now - policy.max_lateness,
                     ),
                     State.EXPIRED,
                     sa.literal(f"not sent: more than {_span(policy.max_lateness)} overdue (alarmd.max_lateness)"),
@@ -865,7 +865,13 @@ class AlarmQueue:
             if deleted < batch:
                 return total
 
-    # ---------------------------------------------------------------- inspect
+    # ---------------------------------------------------------------- inspect and administer (alarmctl)
+    #
+    # Listing, one instance with its history, statistics and dispatch activity; and the
+    # operator's changes: put parsed objects, retry, delete, purge. Each change writes a
+    # history row per instance it touches ("requeued", "removed"), in its transaction.
+
+    SORT_KEYS = ("next_at", "trigger", "id", "attempts", "updated", "state", "calid")
 
     def list_alarms(
         self,
@@ -874,36 +880,78 @@ class AlarmQueue:
         calid: str | None = None,
         uid: str | None = None,
         alarm_id: int | None = None,
+        due_after: datetime | None = None,
+        due_before: datetime | None = None,
+        sort: str = "next_at",
+        descending: bool = False,
         limit: int = 100,
         offset: int = 0,
     ) -> list[AlarmRecord]:
-        query = sa.select(alarms).order_by(alarms.c.next_at, alarms.c.id).limit(limit).offset(offset)
+        """The instances that match every filter given, a page of ``limit`` from ``offset``.
+
+        ``due_after <= next_at < due_before``. ``sort`` is one of :attr:`SORT_KEYS`
+        (``trigger`` is the alarm's instant, ``updated`` its last change); the id breaks
+        ties, so consecutive pages neither overlap nor skip while the queue is unchanged.
+        """
+        columns: dict[str, sa.ColumnElement[Any]] = {
+            "next_at": alarms.c.next_at,
+            "trigger": alarms.c.trigger_at,
+            "id": alarms.c.id,
+            "attempts": alarms.c.attempts,
+            "updated": alarms.c.updated_at,
+            "state": alarms.c.state,
+            "calid": alarms.c.calid,
+        }
+        if sort not in columns:
+            raise ValueError(f"sort must be one of {', '.join(self.SORT_KEYS)}, not {sort!r}")
+        where: list[sa.ColumnElement[bool]] = []
         if alarm_id is not None:
-            query = query.where(alarms.c.id == alarm_id)
+            where.append(alarms.c.id == alarm_id)
         if state:
-            query = query.where(alarms.c.state == state)
+            where.append(alarms.c.state == state)
         if calid:
-            query = query.where(alarms.c.calid == calid)
+            where.append(alarms.c.calid == calid)
         if uid:
-            query = query.where(alarms.c.uid == uid)
+            where.append(alarms.c.uid == uid)
+        if due_after is not None:
+            where.append(alarms.c.next_at >= due_after)
+        if due_before is not None:
+            where.append(alarms.c.next_at < due_before)
+        order = [columns[sort], alarms.c.id] if sort != "id" else [alarms.c.id]
+        query = (
+            sa.select(alarms)
+            .where(*where)
+            .order_by(*(column.desc() if descending else column.asc() for column in order))
+            .limit(limit)
+            .offset(offset)
+        )
         with self.engine.connect() as conn:
-            return [
-                AlarmRecord(
-                    r.id,
-                    r.calid,
-                    r.uid,
-                    r.rid,
-                    r.aid,
-                    r.component,
-                    r.action,
-                    r.state,
-                    r.trigger_at,
-                    r.next_at,
-                    r.attempts,
-                    r.last_error,
-                )
-                for r in conn.execute(query)
-            ]
+            return [self._record(r) for r in conn.execute(query)]
+
+    @staticmethod
+    def _record(r: sa.Row[Any]) -> AlarmRecord:
+        return AlarmRecord(
+            r.id, r.calid, r.uid, r.rid, r.aid, r.component, r.action, r.state, r.trigger_at, r.next_at, r.attempts,
+            r.last_error,
+        )  # fmt: skip
+
+    def alarm(self, alarm_id: int) -> dict[str, Any] | None:
+        """One instance as ``alarmctl show`` prints it: :meth:`AlarmRecord.to_json`, who claimed
+        it last, when it was queued and last changed, and its payload (what notifyd writes the
+        reminder from); None when it is not queued (any more: see :meth:`history`)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(alarms).where(alarms.c.id == alarm_id)).first()
+        if row is None:
+            return None
+        extra = {"publications": row._mapping["publications"]} if "publications" in row._mapping else {}
+        return {
+            **self._record(row).to_json(),
+            **extra,
+            "claimed_by": row.claimed_by,
+            "created_at": _iso(row.created_at),
+            "updated_at": _iso(row.updated_at),
+            "payload": row.payload,
+        }
 
     def history(self, alarm_id: int) -> list[dict[str, Any]]:
         query = sa.select(alarm_history).where(alarm_history.c.alarm_id == alarm_id).order_by(alarm_history.c.id)
@@ -934,6 +982,250 @@ class AlarmQueue:
             "oldest_overdue": _iso(oldest) if oldest else None,
             "oldest_overdue_seconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
         }
+
+    def overview(self, *, now: datetime, top: int = 5, hours: int = 24) -> dict[str, Any]:
+        """:meth:`stats` and what an operator asks next (``alarmctl stats``).
+
+        Adds ``inflight`` (published, waiting for an ack), ``overdue`` (live instances
+        with ``next_at`` before ``now``: due and not claimed yet, or whose ack is late),
+        ``failure_reasons``, the ``top`` most common reasons of failed instances
+        (addresses replaced by ``<address>``, so one refusal for many recipients counts
+        as one reason), ``due_by_hour``, pending instances due in each of the next
+        ``hours`` hours, and ``due_later``, those due after that.
+        """
+        body = self.stats(now=now)
+        hourly = [(now + timedelta(hours=h), now + timedelta(hours=h + 1)) for h in range(hours)]
+        end_of_last = now + timedelta(hours=hours)
+        pending = alarms.c.state == State.PENDING
+        buckets = [
+            sa.func.sum(sa.case((sa.and_(pending, alarms.c.next_at >= start, alarms.c.next_at < end), 1), else_=0))
+            for start, end in hourly
+        ]
+        with self.engine.connect() as conn:
+            # The live rows due before the last bucket's end: a range of the claim's index.
+            overdue, *counts = conn.execute(
+                sa.select(sa.func.sum(sa.case((alarms.c.next_at < now, 1), else_=0)), *buckets).where(
+                    alarms.c.state.in_(LIVE_STATES), alarms.c.next_at < end_of_last
+                )
+            ).one()
+            later = conn.execute(
+                sa.select(sa.func.count()).where(pending, alarms.c.next_at >= end_of_last)
+            ).scalar_one()
+            reasons = conn.execute(
+                sa.select(alarms.c.last_error, sa.func.count())
+                .where(alarms.c.state == State.FAILED)
+                .group_by(alarms.c.last_error)
+            ).all()
+        merged: dict[str, int] = {}
+        for reason, count in reasons:
+            text = re.sub(r"[^\s<>:;,()\"']+@[^\s<>:;,()\"']+", "<address>", reason or "(no reason recorded)")
+            merged[text] = merged.get(text, 0) + int(count)
+        body.update(
+            inflight=body["states"][State.INFLIGHT.value],
+            overdue=int(overdue or 0),
+            failure_reasons=[
+                {"reason": reason, "count": count}
+                for reason, count in sorted(merged.items(), key=lambda item: (-item[1], item[0]))[:top]
+            ],
+            due_by_hour=[
+                {"from": _iso(start), "until": _iso(end), "pending": int(n or 0)}
+                for (start, end), n in zip(hourly, counts, strict=True)
+            ],
+            due_later=int(later),
+        )
+        return body
+
+    def activity(self, *, since: datetime, now: datetime, failures: int = 10, sample: int = 5000) -> dict[str, Any]:
+        """What dispatch did from ``since`` to ``now``, read from the history (``alarmctl watch``).
+
+        ``events``: how many of each history event (``published``, ``delivered``,
+        ``failed``, ``retry``, ``expired``, …); ``lateness``: seconds from trigger to
+        first publication of up to ``sample`` of the latest first publications, latest
+        first (not counting those after an operator's :meth:`retry`); ``failures``: the
+        latest ``failures`` failed, retry and expired events.
+        """
+        window = sa.and_(alarm_history.c.at >= since, alarm_history.c.at <= now)
+        with self.engine.connect() as conn:
+            events = conn.execute(
+                sa.select(alarm_history.c.event, sa.func.count()).where(window).group_by(alarm_history.c.event)
+            ).all()
+            # A publication after an operator's retry is attempt 1 again, but its lateness
+            # is the operator's doing, not the dispatcher's: left out.
+            requeued = alarm_history.alias("requeued")
+            published = conn.execute(
+                sa.select(alarm_history.c.at, alarm_history.c.trigger_at)
+                .where(
+                    window,
+                    alarm_history.c.event == "published",
+                    alarm_history.c.attempt == 1,
+                    ~sa.exists().where(
+                        requeued.c.alarm_id == alarm_history.c.alarm_id,
+                        requeued.c.event == "requeued",
+                        requeued.c.id < alarm_history.c.id,
+                    ),
+                )
+                .order_by(alarm_history.c.at.desc())
+                .limit(sample)
+            ).all()
+            failed = conn.execute(
+                sa.select(alarm_history)
+                .where(window, alarm_history.c.event.in_(("failed", "retry", "expired")))
+                .order_by(alarm_history.c.id.desc())
+                .limit(failures)
+            ).all()
+        return {
+            "events": {str(event): int(count) for event, count in events},
+            "lateness": [round((at - trigger).total_seconds(), 3) for at, trigger in published],
+            "failures": [
+                {
+                    "at": _iso(r.at),
+                    "alarm_id": r.alarm_id,
+                    "calid": r.calid,
+                    "uid": r.uid,
+                    "rid": r.rid,
+                    "aid": r.aid,
+                    "event": r.event,
+                    "attempt": r.attempt,
+                    "detail": r.detail,
+                }
+                for r in failed
+            ],
+        }
+
+    def put_objects(
+        self,
+        calid: str,
+        objects: Iterable[CalendarObject],
+        *,
+        now: datetime,
+        owner: str = "",
+        tz: str | None = None,
+        locale: str = "",
+        progress: Callable[[PutResult], None] | None = None,
+    ) -> PutResult:
+        """:meth:`put` for objects already parsed (:func:`alarmd.ical.parse_calendar`), calling
+        ``progress`` with the result so far after each object (``alarmctl enqueue`` shows a
+        large file's progress with it). Each object is its own transaction, as with ``put``."""
+        if locale and not _LOCALE.match(locale):
+            raise InvalidLocale(f"locale {locale!r} is not a language tag such as de, fr or fr_CA")
+        zone = parse_tz(tz) if tz else self.default_tz
+        audience = _Audience(owner, locale)
+        result = PutResult()
+        for obj in objects:
+            self._put_object(calid, obj, zone, audience, now, result)
+            if progress is not None:
+                progress(result)
+        if result.added:
+            self._changed(added=result.added)
+        return result
+
+    def retry(
+        self,
+        *,
+        now: datetime,
+        alarm_id: int | None = None,
+        calid: str | None = None,
+        states: Sequence[str] = (State.FAILED,),
+    ) -> list[AlarmRecord]:
+        """Send instances again that were given up: each becomes ``pending``, due at ``now``,
+        its attempts counted from 0 again (alarmd.max_attempts applies afresh); it keeps
+        its last error until the next outcome replaces it. ``alarm_id`` names one instance,
+        else every instance in ``states`` (``failed``, ``expired``) is taken, of calendar
+        ``calid`` when given. A history row ``requeued`` records the state and reason each
+        had. Returns the instances requeued, as they are now; the dispatchers are woken.
+        """
+        done: list[AlarmRecord] = []
+        with self.engine.begin() as conn:
+            for state in dict.fromkeys(str(s) for s in states):
+                if state not in (State.FAILED, State.EXPIRED):
+                    raise ValueError(f"only failed and expired instances are retried, not {state}")
+                where = [alarms.c.state == state]
+                if alarm_id is not None:
+                    where.append(alarms.c.id == alarm_id)
+                if calid:
+                    where.append(alarms.c.calid == calid)
+                rows = conn.execute(
+                    sa.update(alarms)
+                    .where(*where)
+                    .values(state=State.PENDING, next_at=now, attempts=0, claimed_by=None, updated_at=now)
+                    .returning(*alarms.c)
+                ).all()
+                self._history(
+                    conn,
+                    [(r.id, r.calid, r.uid, r.rid, r.aid, r.trigger_at) for r in rows],
+                    "requeued",
+                    now,
+                    detail=[f"by an operator; was {state}: {r.last_error or 'no reason recorded'}" for r in rows],
+                )
+                done.extend(self._record(r) for r in rows)
+            if done:
+                _notify_dispatchers(conn)
+        if done:
+            self._changed()
+        return done
+
+    def delete(
+        self, *, now: datetime, alarm_id: int | None = None, calid: str | None = None, uid: str | None = None
+    ) -> tuple[int, int]:
+        """Delete instances in any state, a history row ``removed`` for each: the instance
+        ``alarm_id``, or every instance of calendar ``calid`` (of its object ``uid`` only,
+        when given) with the stored calendar objects, so that the horizon job does not plan
+        them again. Returns (instances, calendar objects) deleted. A deleted instance of a
+        series whose object stays may be planned again when the series is re-planned; an
+        in-flight one may still be mailed (its ack then finds nothing)."""
+        if (alarm_id is None) == (calid is None):
+            raise ValueError("give alarm_id or calid")
+        with self.engine.begin() as conn:
+            objects = 0
+            if alarm_id is not None:
+                where = alarms.c.id == alarm_id
+            else:
+                where = alarms.c.calid == calid
+                held = sources.c.calid == calid
+                if uid is not None:
+                    where = sa.and_(where, alarms.c.uid == uid)
+                    held = sa.and_(held, sources.c.uid == uid)
+                objects = int(conn.execute(sa.delete(sources).where(held)).rowcount)
+            rows = conn.execute(sa.delete(alarms).where(where).returning(*_KEY, alarms.c.state)).all()
+            self._history(
+                conn,
+                [tuple(r)[:6] for r in rows],
+                "removed",
+                now,
+                detail=[f"deleted by an operator (was {r.state})" for r in rows],
+            )
+        return len(rows), objects
+
+    def purge(self, *, now: datetime, states: Sequence[str], older_than: timedelta, batch: int = MARK_BATCH) -> int:
+        """Delete failed and/or expired instances (``states``) last changed at least
+        ``older_than`` before ``now``, ``batch`` per transaction, each with a ``removed``
+        history row; return how many. Their history stays until ``alarmd.history_retention``
+        removes it, so ``alarmctl show ID`` still tells what happened."""
+        wanted = list(dict.fromkeys(str(s) for s in states))
+        if not wanted or any(s not in (State.FAILED, State.EXPIRED) for s in wanted):
+            raise ValueError("only failed and expired instances are purged")
+        where = sa.and_(alarms.c.state.in_(wanted), alarms.c.updated_at <= now - older_than)
+        total = 0
+        while True:
+            chosen = sa.select(alarms.c.id).where(where).order_by(alarms.c.id).limit(batch)
+            with self.engine.begin() as conn:
+                rows = conn.execute(
+                    sa.delete(alarms)
+                    .where(alarms.c.id.in_(chosen), where)
+                    .returning(*_KEY, alarms.c.state, alarms.c.last_error)
+                ).all()
+                self._history(
+                    conn,
+                    [tuple(r)[:6] for r in rows],
+                    "removed",
+                    now,
+                    detail=[
+                        f"purged by an operator; was {r.state}: {r.last_error or 'no reason recorded'}" for r in rows
+                    ],
+                )
+            total += len(rows)
+            if len(rows) < batch:
+                return total
 
     # ---------------------------------------------------------------- helpers
 

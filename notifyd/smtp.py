@@ -24,6 +24,10 @@ should do with the alarm:
   ``failed``; a 5xx reply to MAIL FROM or to the message data → ``failed``;
 - a 4xx reply, a timeout, a refused or dropped connection, a failed TLS handshake or
   AUTH → ``retry``.
+
+:meth:`SmtpSender.check` opens one session as :meth:`~SmtpSender.send` would (TLS mode,
+certificate verification, AUTH), says QUIT and reports what it found (:class:`SmtpCheck`),
+or raises :class:`SmtpCheckFailed` saying what failed: ``alarmctl check`` uses it.
 """
 
 from __future__ import annotations
@@ -54,11 +58,44 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 @dataclass(frozen=True)
 class SendResult:
-    """What became of one message: the ack status, why, and the refused recipients."""
+    """What became of one message: the ack status, why, and the refused recipients.
+
+    ``reply`` is the server's reply to the end of the message data when it took the
+    message (``250 2.0.0 Ok: queued as 4XyZ``), as the server wrote it: show it with
+    :meth:`reply_line`. It is empty otherwise (a refusal's reply is in ``reason``), and
+    it is not compared: two results with the same outcome are equal.
+    """
 
     status: AckStatus
     reason: str = ""
     rejected: dict[str, str] = field(default_factory=dict)
+    reply: str = field(default="", compare=False)
+
+    def reply_line(self) -> str:
+        """:attr:`reply` on one line without control characters: safe to print or log."""
+        return _one_line(self.reply)
+
+
+@dataclass(frozen=True)
+class SmtpCheck:
+    """What :meth:`SmtpSender.check` found in the session it opened."""
+
+    server: str  # host:port
+    tls: str  # the URL's TLS mode: "starttls", "implicit" (smtps://) or "plain" (smtp.allow_plaintext)
+    tls_version: str | None  # the protocol negotiated ("TLSv1.3"); None in plain text
+    certificate_verified: bool  # the server's certificate chain and host name were verified
+    auth: str  # the login the session authenticated as; "" without AUTH
+    server_name: str  # the first line of the server's EHLO (or HELO) reply: the name it gives itself
+
+
+class SmtpCheckFailed(Exception):
+    """:meth:`SmtpSender.check` could not open a session; ``reason`` says what failed (the
+    connection, the TLS handshake or the certificate, STARTTLS, AUTH, or no answer in time)."""
+
+    def __init__(self, server: str, reason: str) -> None:
+        super().__init__(f"SMTP {server}: {reason}")
+        self.server = server
+        self.reason = reason
 
 
 class _ConnectFailed(Exception):
@@ -106,6 +143,7 @@ class SmtpSender:
             envelope_from=envelope_from,
         )
         self.server = f"{endpoint.host}:{endpoint.port}"
+        self._session = session
         self._connections = [_Connection(session, self.server, self._metrics) for _ in range(settings.pool_size)]
         # Last in, first out: under light load one warm connection does the work and the
         # others stay closed, instead of every slot being opened in turn.
@@ -144,6 +182,38 @@ class SmtpSender:
             return SendResult(AckStatus.RETRY, f"SMTP {self.server}: no answer within the {self._deadline:g}s deadline")
         finally:
             self._metrics.smtp_send_seconds.observe(time.perf_counter() - started)
+
+    async def check(self, *, timeout: float | None = None) -> SmtpCheck:  # noqa: ASYNC109 - reported as SmtpCheckFailed
+        """Open one SMTP session exactly as :meth:`send` does (the URL's TLS mode, the
+        certificate verified, AUTH, EHLO), say QUIT, and report what it found.
+
+        The session is one of its own: the pool is neither used nor disturbed. ``timeout``
+        (seconds) bounds it as a whole; ``smtp.timeout`` bounds each operation in any case.
+        Raises :class:`SmtpCheckFailed` when the session cannot be opened.
+        """
+        connection = _Connection(self._session, self.server, self._metrics)
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    smtp = await connection._connection()
+            except _ConnectFailed as exc:
+                raise SmtpCheckFailed(self.server, exc.reason) from None
+            except TimeoutError:
+                raise SmtpCheckFailed(self.server, f"no answer within {timeout:g} s") from None
+            tls = smtp.get_transport_info("ssl_object")
+            encrypted = isinstance(tls, ssl.SSLObject)
+            verified = encrypted and tls.context.verify_mode == ssl.CERT_REQUIRED and tls.context.check_hostname
+            greeting = smtp.last_ehlo_response or smtp.last_helo_response
+            return SmtpCheck(
+                server=self.server,
+                tls=self._session.endpoint.tls,
+                tls_version=tls.version() if encrypted else None,
+                certificate_verified=verified,
+                auth=self._session.username,
+                server_name=_one_line(greeting.message.partition("\n")[0]) if greeting is not None else "",
+            )
+        finally:
+            await connection.close()
 
     async def close(self) -> None:
         """Say QUIT on every open connection and close it."""
@@ -190,7 +260,7 @@ class _Connection:
                     log.warning("SMTP %s: %s", server, exc.reason)
                     return SendResult(AckStatus.RETRY, f"SMTP {server}: {exc.reason}")
                 try:
-                    errors = await _transaction(smtp, self._session.envelope_from, valid, message)
+                    errors, data_reply = await _transaction(smtp, self._session.envelope_from, valid, message)
                 except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
                     self._drop()
                     if reused:
@@ -233,14 +303,16 @@ class _Connection:
                 self._replies["2xx"].inc()
                 rejected = {addr: _reply_text(resp.code, resp.message) for addr, resp in errors.items()}
                 rejected.update(invalid)
+                reply = f"{data_reply.code} {data_reply.message}"
                 if not rejected:
-                    return SendResult(AckStatus.DELIVERED, "")
+                    return SendResult(AckStatus.DELIVERED, "", reply=reply)
                 accepted = len(valid) - len(errors)
                 return SendResult(
                     AckStatus.DELIVERED,
                     f"delivered to {accepted} of {accepted + len(rejected)} recipients; refused: "
                     + list_refusals(rejected),
                     rejected,
+                    reply,
                 )
         finally:
             if not done:
@@ -313,8 +385,9 @@ class _Connection:
 
 async def _transaction(
     smtp: aiosmtplib.SMTP, sender: str, recipients: list[str], message: bytes
-) -> dict[str, aiosmtplib.SMTPResponse]:
-    """MAIL, RCPT for each recipient and DATA; the refused recipients and their replies.
+) -> tuple[dict[str, aiosmtplib.SMTPResponse], aiosmtplib.SMTPResponse]:
+    """MAIL, RCPT for each recipient and DATA; the refused recipients and their replies,
+    and the server's reply to the data.
 
     aiosmtplib's ``sendmail``, leaner: it parses every address again (ours were checked
     by :func:`~notifyd.recipients.mailbox`), normalises the message twice and wraps each
@@ -352,12 +425,12 @@ async def _transaction(
             raise aiosmtplib.SMTPRecipientsRefused(
                 [aiosmtplib.SMTPRecipientRefused(r.code, r.message, address) for address, r in refused.items()]
             )
-        await smtp.data(message, timeout=None)
+        data_reply = await smtp.data(message, timeout=None)
     except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
         with contextlib.suppress(ConnectionError, aiosmtplib.SMTPException, TimeoutError):
             await smtp.rset()
         raise
-    return refused
+    return refused, data_reply
 
 
 def _split_recipients(recipients: list[str]) -> tuple[list[str], dict[str, str]]:

@@ -520,12 +520,19 @@ async def test_test_email_sends_one_real_message_through_the_configured_server(
         body = json.loads(sent.stdout)
         assert (body["sent"], body["status"], body["recipient"]) == (True, "delivered", "ann@example.org")
         assert body["server"] == f"127.0.0.1:{smtp.port}"
+        assert body["reply"] == "250 2.0.0 OK: recorded"  # the server's reply to the message
         [(message, recipients)] = await smtp.wait_for(1, timeout=5)
         assert recipients == ["ann@example.org"]
         assert message["Subject"] == "calalarm test message"
         assert message["From"] == "Reminders <calalarm@example.com>"
         assert message["Message-ID"] == body["message_id"]
         assert smtp.envelopes[0].tls  # STARTTLS, as notifyd's sender requires
+
+        again = await asyncio.to_thread(alarmctl, "test-email", "ann@example.org", env=env)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert again.stdout.rstrip().endswith(
+            f"to ann@example.org: accepted by the SMTP server 127.0.0.1:{smtp.port} (250 2.0.0 OK: recorded)"
+        )
 
         refused = await asyncio.to_thread(alarmctl, "test-email", "ghost@example.com", env=env)
         assert refused.returncode == 1
@@ -538,4 +545,4 @@ async def test_test_email_sends_one_real_message_through_the_configured_server(
 
         not_an_address = await asyncio.to_thread(alarmctl, "test-email", "ann@example.org, bob@example.org", env=env)
         assert not_an_address.returncode == 2
-        assert len(smtp.messages) == 1
+        assert len(smtp.messages) == 2

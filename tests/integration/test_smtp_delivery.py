@@ -1,4 +1,5 @@
-"""SmtpSender against real aiosmtpd servers: outcomes, TLS, AUTH, the pool, the deadline, the rate limit."""
+"""SmtpSender against real aiosmtpd servers: outcomes, TLS, AUTH, the pool, the deadline, the rate limit,
+and ``check`` (one session opened as a send opens it)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import trustme
 
 from common.ens.envelope import AckStatus
 from common.settings import SmtpSettings
-from notifyd.smtp import SendResult, SmtpSender
+from notifyd.smtp import SendResult, SmtpCheck, SmtpCheckFailed, SmtpSender
 from tests.smtp_server import (
     RecordingSmtpServer,
     client_tls_context,
@@ -100,6 +101,22 @@ async def test_all_recipients_accepted_is_delivered() -> None:
         assert recipients == ["a@example.com", "b@example.com"]
         assert received["Subject"] == "Reminder: test"
         assert server.envelopes[0].mail_from == "calalarm@example.com"  # the envelope sender: the bare address
+
+
+async def test_the_servers_reply_to_the_message_data_is_kept() -> None:
+    replies = {"ghost@example.com": "550 5.1.1 no such user"}
+    async with recording_smtp_server(reply_for=refuse(replies)) as server:
+        async with open_sender(server.url) as sender:
+            delivered = await send_one(sender)
+            partly = await send_one(sender, "a@example.com", "ghost@example.com")
+            refused = await send_one(sender, "ghost@example.com")
+        assert delivered.reply == partly.reply == "250 2.0.0 OK: recorded"
+        assert delivered.reply_line() == "250 2.0.0 OK: recorded"
+        assert refused.reply == ""  # no data was sent: the refusals are in reason and rejected
+    # as the server wrote it; reply_line() makes it safe to print
+    assert SendResult(AckStatus.DELIVERED, reply="250 2.0.0 queued\r\n\x07as 4XyZ").reply_line() == (
+        "250 2.0.0 queued as 4XyZ"
+    )
 
 
 async def test_some_recipients_refused_is_delivered_with_only_the_refused_ones_listed() -> None:
@@ -545,3 +562,93 @@ async def test_the_password_is_never_logged_nor_in_the_result(
     assert password not in caplog.text
     for outcome in (result, result2):
         assert not leaks(repr(outcome), password)
+
+
+# --- check: one session opened as a send opens it -----------------------------------
+
+
+@pytest.mark.parametrize(("scheme", "implicit", "mode"), [("smtp", False, "starttls"), ("smtps", True, "implicit")])
+async def test_check_reports_the_session_it_opened(
+    server_context: ssl.SSLContext, trusting: ssl.SSLContext, scheme: str, implicit: bool, mode: str
+) -> None:
+    async with auth_server(server_context, implicit=implicit) as server:
+        async with open_sender(
+            server.url_with(scheme), tls_context=trusting, allow_plaintext=False, username=LOGIN, password=PASSWORD
+        ) as sender:
+            facts = await sender.check(timeout=WAIT)
+            assert sender.open_connections == 0  # a session of its own, closed: the pool is untouched
+        assert facts == SmtpCheck(
+            server=f"127.0.0.1:{server.port}",
+            tls=mode,
+            tls_version=facts.tls_version,
+            certificate_verified=True,
+            auth=LOGIN,
+            server_name="calalarm-test-smtp",
+        )
+        assert facts.tls_version is not None
+        assert facts.tls_version.startswith("TLSv1.")
+        assert server.auth_attempts == [(LOGIN, True)]
+        assert (server.connections, server.mail_commands) == (1, 0)
+        assert PASSWORD not in repr(facts)
+
+
+async def test_check_of_a_plain_text_relay_says_so() -> None:
+    async with recording_smtp_server() as server, open_sender(server.url) as sender:
+        facts = await sender.check()
+    assert (facts.tls, facts.tls_version, facts.certificate_verified, facts.auth) == ("plain", None, False, "")
+    assert facts.server_name == "calalarm-test-smtp"
+
+
+async def test_check_of_an_unreachable_port_fails_naming_the_server() -> None:
+    port = free_port()
+    async with open_sender(f"smtp://127.0.0.1:{port}") as sender:
+        with pytest.raises(SmtpCheckFailed) as failed:
+            await sender.check(timeout=WAIT)
+    assert failed.value.server == f"127.0.0.1:{port}"
+    assert failed.value.reason.startswith("cannot open a session: ")
+    assert str(failed.value).startswith(f"SMTP 127.0.0.1:{port}: cannot open a session")
+
+
+async def test_check_of_a_server_that_never_answers_fails_within_the_timeout() -> None:
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(WAIT)  # no greeting
+        writer.close()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = int(listener.sockets[0].getsockname()[1])
+    try:
+        async with open_sender(f"smtp://127.0.0.1:{port}") as sender:
+            started = time.monotonic()
+            with pytest.raises(SmtpCheckFailed, match=r"no answer within 0\.3 s"):
+                await sender.check(timeout=0.3)
+            assert time.monotonic() - started < 0.3 + 0.5
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize(("scheme", "implicit"), [("smtp+starttls", False), ("smtps", True)])
+async def test_check_of_an_untrusted_certificate_fails(
+    server_context: ssl.SSLContext, scheme: str, implicit: bool
+) -> None:
+    async with recording_smtp_server(tls=server_context, implicit_tls=implicit) as server:
+        async with open_sender(server.url_with(scheme)) as sender:  # the system trust store: our CA is unknown
+            with pytest.raises(SmtpCheckFailed) as failed:
+                await sender.check(timeout=WAIT)
+        assert "certificate" in failed.value.reason.lower()
+        assert server.mail_commands == 0
+
+
+async def test_check_with_a_wrong_password_fails_with_the_servers_refusal(
+    server_context: ssl.SSLContext, trusting: ssl.SSLContext
+) -> None:
+    wrong = "not-" + PASSWORD
+    async with auth_server(server_context) as server:
+        async with open_sender(
+            server.url_with("smtp+starttls"), tls_context=trusting, username=LOGIN, password=wrong
+        ) as sender:
+            with pytest.raises(SmtpCheckFailed) as failed:
+                await sender.check(timeout=WAIT)
+        assert failed.value.reason.startswith("AUTH refused: 535")
+        assert server.auth_attempts
+        assert all(attempt == (LOGIN, False) for attempt in server.auth_attempts)
+        assert not leaks(f"{failed.value} {failed.value!r}", wrong)

@@ -8,19 +8,10 @@ from email.parser import BytesParser
 
 import pytest
 
-from alarmd.cli import (
-    EXIT_DATABASE,
-    EXIT_OK,
-    EXIT_UNREACHABLE,
-    EXIT_USAGE,
-    Check,
-    build_test_message,
-    event_rates,
-    exit_code,
-    lateness_summary,
-    parse_duration,
-    parse_instant,
-)
+from alarmd.cli.check import Check, build_test_message, exit_code
+from alarmd.cli.context import EXIT_DATABASE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from alarmd.cli.timeparse import parse_duration, parse_instant
+from alarmd.cli.watch import event_rates, lateness_summary
 from tests.calendars import utc
 
 NOW = utc("2026-11-23T10:00:00Z")

@@ -1298,14 +1298,9 @@ def _single_row(payload: AlarmPayload, now: datetime) -> dict[str, Any] | None:
     if not payload.calid or not payload.uid or not payload.aid:
         raise InvalidAlarm(f"alarm {payload.calid!r}/{payload.uid!r}: calid, uid and aid must not be empty")
     trigger = payload.trigger_at
-    if trigger.microsecond:
-        raise InvalidAlarm(
-            f"alarm {payload.calid!r}/{payload.uid!r}: trigger {payload.trigger!r} has fractions of a second; "
-            "triggers are whole seconds, as in iCalendar"
-        )
     if trigger < now:
         return None
-    data["trigger"] = format_utc(trigger)  # one spelling (…T10:00:00Z) on the wire and in notifyd's dedup key
+    data["trigger"] = _trigger_text(trigger)  # one spelling on the wire and in notifyd's dedup key
     return {
         "calid": payload.calid,
         "uid": payload.uid,
@@ -1321,6 +1316,15 @@ def _single_row(payload: AlarmPayload, now: datetime) -> dict[str, Any] | None:
         "created_at": now,
         "updated_at": now,
     }
+
+
+def _trigger_text(trigger: datetime) -> str:
+    """``2026-11-23T10:05:00Z``, or with the fraction of a second a single alarm may have
+    (``…T10:05:00.250Z``): whatever offset or short form the caller used."""
+    if not trigger.microsecond:
+        return format_utc(trigger)
+    spec = "milliseconds" if trigger.microsecond % 1000 == 0 else "microseconds"
+    return trigger.astimezone(UTC).replace(tzinfo=None).isoformat(timespec=spec) + "Z"
 
 
 def _history_row(

@@ -3,13 +3,12 @@
 One notification is handled as: validate the payload, look its instance key up in the
 delivery log (a recorded one is acked ``delivered`` without a second email; the first
 copy of an instance, its first publication not redelivered by the bus, cannot have been
-mailed and skips the lookup), pick the
-recipients (:mod:`notifyd.recipients`), render the email (:mod:`notifyd.email`), send
-it (:mod:`notifyd.smtp`), record the delivery, then ack the RENL with the outcome. A
-bad notification is acked ``failed`` with the reason and never stops the subscription;
-the only error that leaves the handler is :class:`BusUnavailable` for the ack itself
-(the publisher's RENL timeout then makes it send the notification again, and the
-delivery record keeps that from mailing twice).
+mailed and skips the lookup), pick the recipients (:mod:`notifyd.recipients`), render
+the email (:mod:`notifyd.email`), send it (:mod:`notifyd.smtp`), record the delivery,
+then ack the RENL with the outcome, in a task of its own. A bad notification is acked
+``failed`` with the reason and never stops the subscription. An ack that cannot be sent
+(:class:`BusUnavailable`) is logged; the publisher's RENL timeout then makes it send the
+notification again, and the delivery record keeps that from mailing twice.
 """
 
 from __future__ import annotations
@@ -151,22 +150,33 @@ class Notifier:
             task.exception()
 
     async def handle(self, notification: Notification) -> None:
-        """Process one notification and ack it; see the module doc."""
+        """Process one notification and start its ack; see the module doc.
+
+        ``notifyd.concurrency`` bounds the work up to the delivery record, so the crash
+        window holds at most that many reminders. The ack then goes out in a task of its
+        own: the broker's confirm of it (milliseconds to tens of them for a persistent
+        message) holds neither a slot nor the notification's place in the prefetch
+        window. Should the ack be lost after the notification was settled, the publisher
+        sends the notification again at its RENL timeout, and the delivery record makes
+        that an ack without a second email.
+        """
+        ref = str(notification.ref)
+        payload: AlarmPayload | None = None
         async with self._semaphore:
-            ref = str(notification.ref)
-            payload: AlarmPayload | None = None
             try:
                 payload = AlarmPayload.from_dict(notification.payload)
             except PayloadError as exc:
                 result = SendResult(AckStatus.FAILED, f"invalid payload: {exc}")
             else:
                 result = await self._process(payload, ref, notification.first_copy)
-            await self._ack(notification, ref, result)
-            if result.status is AckStatus.DELIVERED and payload is not None and self.on_delivered is not None:
-                try:
-                    self.on_delivered(payload, ref)
-                except Exception:
-                    log.exception("the on_delivered callback failed for %s", ref)
+        ack = asyncio.create_task(self._ack(notification, ref, result), name=f"notifyd:ack:{notification.id}")
+        self._inflight.add(ack)  # stop() waits for acks as for notifications in hand
+        ack.add_done_callback(self._finished)
+        if result.status is AckStatus.DELIVERED and payload is not None and self.on_delivered is not None:
+            try:
+                self.on_delivered(payload, ref)
+            except Exception:
+                log.exception("the on_delivered callback failed for %s", ref)
 
     async def _process(self, payload: AlarmPayload, ref: str, first_copy: bool = False) -> SendResult:
         """Dedup, deliver, record (see the module doc). The first copy of an instance
@@ -245,7 +255,7 @@ class Notifier:
             await self._bus.ack(notification, result.status, result.reason, standard_properties(PROCESS, self._clock()))
         except BusUnavailable as exc:
             log.warning("could not ack %s (renl %s, %s): %s; the publisher will resend", ref, renl, result.status, exc)
-            raise
+            return
         if result.status is AckStatus.DELIVERED:
             self.delivered += 1
         elif result.status is AckStatus.FAILED:

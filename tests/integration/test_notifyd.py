@@ -263,6 +263,54 @@ async def test_stop_lets_a_message_in_hand_finish() -> None:
         assert len(h.server.messages) == 1
 
 
+class HeldAcks(MemoryBus):
+    """The in-process bus, holding every ack until ``release`` is set (a broker slow to confirm)."""
+
+    def __init__(self) -> None:
+        super().__init__(prefetch=1)
+        self.release = asyncio.Event()
+
+    async def send_ack(self, ack_to: str, ack: Ack) -> None:
+        await self.release.wait()
+        await super().send_ack(ack_to, ack)
+
+
+async def test_an_ack_waiting_for_its_confirm_holds_neither_a_slot_nor_the_prefetch_window() -> None:
+    async with recording_smtp_server() as server:
+        settings = Settings(
+            smtp=SmtpSettings(url=server.url, sender=SENDER, timeout=2.0, allow_plaintext=True),
+            notifyd=NotifydSettings(allowed_domains=("example.com",), concurrency=1),
+        )
+        bus = HeldAcks()
+        await bus.start()
+        sender = SmtpSender(settings.smtp)
+        notifier = Notifier(bus, sender, settings, clock=lambda: NOW)
+        acks: list[Ack] = []
+
+        async def on_ack(ack: Ack) -> None:
+            acks.append(ack)
+
+        subscription = await bus.consume_acks("alarmd", on_ack)
+        await notifier.start()
+        try:
+            for n in range(3):
+                await bus.publish(notification(alarm_payload(uid=f"u{n}"), f"{n}:1"))
+            await server.wait_for(3, WAIT)  # all three mailed while the first ack is still held
+            assert acks == []
+            stopping = asyncio.create_task(notifier.stop(grace=WAIT))
+            await asyncio.sleep(0.05)
+            assert not stopping.done()  # stop() waits for the acks in flight too
+            bus.release.set()
+            await asyncio.wait_for(stopping, WAIT)
+            await asyncio.wait_for(_until(lambda: len(acks) == 3), WAIT)
+            assert sorted(a.renl_id for a in acks) == ["0:1", "1:1", "2:1"]
+        finally:
+            await notifier.stop(grace=WAIT)
+            await subscription.cancel()
+            await sender.close()
+            await bus.close()
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():  # noqa: ASYNC110 - polls state the code under test owns
         await asyncio.sleep(0.01)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 LINGER = 0.002  # seconds a batch waits for company before it goes to the database
 BATCH_MAX = 500  # keys per SELECT … IN, well under SQLite's limit on bound parameters
+RETRY_UNWRITTEN = 1.0  # seconds between tries to write records held while the database failed
+UNWRITTEN_MAX = 100_000  # records held in memory at most; beyond, the oldest are forgotten
 
 
 def instance_key(payload: AlarmPayload) -> str:
@@ -97,7 +100,14 @@ class SqlDeliveryLog:
     transaction. Under load that is a commit per batch instead of per reminder; alone,
     a call is a batch of one. A lookup in a batch uses the batch's earliest ``now``.
     A batch that finds its connection lost (the server restarted, the connection was
-    cut) runs once more on a fresh one; any other error fails every call in it.
+    cut) runs once more on a fresh one.
+
+    A record that cannot be written (the database is down or restarting) is not lost:
+    it is held in memory, answers this log's lookups, goes with every later batch and
+    is retried every :data:`RETRY_UNWRITTEN` seconds until the database takes it. The
+    republication a lost ack brings after the RENL timeout then finds it, here or, once
+    written, at any notifyd of the pool. Only a notifyd killed while holding such
+    records can mail their reminders again. A failed lookup fails its caller.
     """
 
     def __init__(self, engine: sa.Engine, retention: timedelta, *, linger: float = LINGER) -> None:
@@ -117,8 +127,14 @@ class SqlDeliveryLog:
         self._conn: sa.Connection | None = None
         self.linger = linger
         self.batches = 0  # batches run so far, for tests and the benchmark
+        self.unwritten: dict[str, Delivery] = {}  # records the database has not taken yet (see the class doc)
+        self._retry_due = False
+        self._retry: asyncio.TimerHandle | None = None
 
     async def sent_at(self, key: str, now: datetime) -> datetime | None:
+        held = self.unwritten.get(key)
+        if held is not None and held.sent_at + self.retention > now:
+            return held.sent_at
         future: asyncio.Future[datetime | None] = asyncio.get_running_loop().create_future()
         self._lookups.append((key, now, future))
         self._schedule()
@@ -138,29 +154,70 @@ class SqlDeliveryLog:
             self._flusher = asyncio.create_task(self._flush(), name="notifyd:delivery-log")
 
     async def _flush(self) -> None:
-        while self._lookups or self._records:
+        while self._lookups or self._records or self._retry_due:
             if self.linger:
                 await asyncio.sleep(self.linger)
+            self._retry_due = False
             lookups, self._lookups = self._lookups[:BATCH_MAX], self._lookups[BATCH_MAX:]
             records, self._records = self._records[:BATCH_MAX], self._records[BATCH_MAX:]
             keys = [key for key, _now, _future in lookups]
             now = min((now for _key, now, _future in lookups), default=None)
+            # the held records go with any batch that writes, and make up the retries
+            held = list(itertools.islice(self.unwritten.values(), BATCH_MAX)) if records or not lookups else []
+            writes = list({d.key: d for d in [*held, *(delivery for delivery, _ in records)]}.values())
             try:
-                found = await asyncio.to_thread(self._run_batch, keys, now, [delivery for delivery, _ in records])
-            except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
+                found = await asyncio.to_thread(self._run_batch, keys, now, writes)
+            except Exception as exc:  # noqa: BLE001 - handed to the lookups; the records are held
                 for _key, _now, lookup in lookups:
                     if not lookup.done():
                         lookup.set_exception(exc)
+                self._hold([delivery for delivery, _ in records], exc)
                 for _delivery, recorded in records:
                     if not recorded.done():
-                        recorded.set_exception(exc)
+                        recorded.set_result(None)
                 continue
+            for delivery in held:
+                if self.unwritten.get(delivery.key) is delivery:
+                    del self.unwritten[delivery.key]
+            if held and not self.unwritten:
+                log.info("the delivery log has written the records it held: the database takes them again")
+            elif self.unwritten:
+                self._retry_soon()  # more than a batch was held
             for key, _now, lookup in lookups:
                 if not lookup.done():
                     lookup.set_result(found.get(key))
             for _delivery, recorded in records:
                 if not recorded.done():
                     recorded.set_result(None)
+
+    def _hold(self, records: list[Delivery], exc: Exception) -> None:
+        """Keep records the database did not take, and try them again soon."""
+        if records and not self.unwritten:
+            reason = " ".join(str(exc).split())[:300]
+            log.warning(
+                "the delivery log cannot write to the database (%s); holding its records in memory and retrying "
+                "every %.0f s",
+                reason,
+                RETRY_UNWRITTEN,
+            )
+        for delivery in records:
+            self.unwritten[delivery.key] = delivery
+        while len(self.unwritten) > UNWRITTEN_MAX:
+            forgotten = next(iter(self.unwritten))
+            del self.unwritten[forgotten]
+            log.error("the delivery log holds %d records already; forgot one (key %s)", UNWRITTEN_MAX, forgotten)
+        if self.unwritten:
+            self._retry_soon(RETRY_UNWRITTEN)
+
+    def _retry_soon(self, delay: float = 0.0) -> None:
+        if self._retry is None:
+            self._retry = asyncio.get_running_loop().call_later(delay, self._retry_unwritten)
+
+    def _retry_unwritten(self) -> None:
+        self._retry = None
+        if self.unwritten:
+            self._retry_due = True
+            self._schedule()
 
     def _run_batch(self, keys: list[str], now: datetime | None, records: list[Delivery]) -> dict[str, datetime]:
         self.batches += 1
@@ -202,6 +259,15 @@ class SqlDeliveryLog:
         if self._flusher is not None and not self._flusher.done():
             self._flusher.add_done_callback(lambda _task: self.close())
             return
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self.unwritten:
+            log.error(
+                "%d delivery record(s) were never written (the database did not take them); if their "
+                "notifications come again, their reminders are mailed again",
+                len(self.unwritten),
+            )
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()

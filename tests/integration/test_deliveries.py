@@ -129,18 +129,31 @@ async def test_a_call_during_a_batch_goes_in_the_next(log: SqlDeliveryLog) -> No
     assert log.batches == 2
 
 
-async def test_a_failed_batch_fails_every_call_in_it_and_the_next_reconnects(
-    log: SqlDeliveryLog, monkeypatch: pytest.MonkeyPatch
+async def test_a_failed_batch_fails_its_lookups_holds_its_records_and_writes_them_when_it_can(
+    log: SqlDeliveryLog, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The database restarting while reminders go out: their records must not be lost, or the
+    republication a lost ack brings would mail them again (the PostgreSQL restart scenario)."""
+    monkeypatch.setattr("notifyd.dedup.RETRY_UNWRITTEN", 0.05)
     await log.record(delivery("k0", NOW))  # the batches' connection is open
     real_upsert = log._upsert
     monkeypatch.setattr(log, "_upsert", sa.text("INSERT INTO no_such_table VALUES (:key)"))
-    results = await asyncio.gather(log.record(delivery("k1", NOW)), log.sent_at("k0", NOW), return_exceptions=True)
-    assert all(isinstance(result, sa.exc.DBAPIError) for result in results)
+    recorded, looked_up = await asyncio.gather(
+        log.record(delivery("k1", NOW)), log.sent_at("k0", NOW), return_exceptions=True
+    )
+    assert recorded is None  # held, not failed
+    assert isinstance(looked_up, sa.exc.DBAPIError)
+    assert list(log.unwritten) == ["k1"]
+    assert await log.sent_at("k1", NOW) == NOW  # this log knows it meanwhile
+    assert any("holding its records in memory" in r.getMessage() for r in caplog.records)
+    await asyncio.sleep(0.2)  # retries fail while the database refuses
+    assert list(log.unwritten) == ["k1"]
     monkeypatch.setattr(log, "_upsert", real_upsert)
+    async with asyncio.timeout(2):
+        while log.unwritten:  # noqa: ASYNC110 - the retry timer owns it
+            await asyncio.sleep(0.01)
     await log.record(delivery("k2", NOW))
-    assert await log.sent_at("k2", NOW) == NOW
-    assert [row.key for row in rows(log.engine)] == ["k0", "k2"]
+    assert [row.key for row in rows(log.engine)] == ["k0", "k1", "k2"]  # written by the retry, on a new connection
 
 
 async def test_close_returns_the_connection_and_the_log_reopens_it(log: SqlDeliveryLog) -> None:

@@ -17,10 +17,15 @@ The configuration file holds only what the deployment needs (database, bus, the 
 shorten timeouts); every other setting is the product's default. Each process logs to a
 file in the work directory; ``stop`` sends SIGTERM (SIGKILL after a timeout), also when
 the benchmark fails. ``kill`` sends one process SIGKILL (a crash) and ``restart`` starts
-it again with the same command, appending to the same log.
+it again with the same command, appending to the same log; ``terminate`` stops one
+process with SIGTERM (a clean stop) and ``reap`` collects one that something else killed
+(the fault scenarios' SMTP sink kills notifyd itself). ``alarmctl`` runs the admin command
+with the deployment's configuration.
 
 Alarms are enqueued with :meth:`AlarmQueue.put`, one calendar object (one event, one
-DISPLAY alarm) per call, owned by :data:`OWNER` so that the reminder has a recipient.
+DISPLAY alarm) per call, owned by :data:`OWNER` (or the alarm's own ``owner``) so that the
+reminder has a recipient; :func:`enqueue_all` queues the same instances as single alarms
+(:meth:`AlarmQueue.enqueue`, thousands per second, for streams of thousands).
 SQLite has no cross-process wake-up (README, "Wake-ups"), so for ``embedded`` the alarms
 are enqueued before alarmd starts; on PostgreSQL alarmd may run already (LISTEN/NOTIFY).
 
@@ -57,6 +62,7 @@ import sqlalchemy as sa
 from alarmd.queue import AlarmQueue
 from common.db import alarm_history, deliveries, migrate
 from common.ens.reference import EventReference
+from common.payload import AlarmPayload
 from tests.benchmarks.sink import Received
 from tests.calendars import display, event
 from tests.services import POSTGRES_ADMIN_URL, RABBITMQ_URL
@@ -74,10 +80,10 @@ POLL = 0.05  # seconds between checks of the sink's counter
 LOG_SAMPLES = 5  # warning and error lines quoted per process
 _LOG_LEVEL = re.compile(r" (WARNING|ERROR|CRITICAL) ")
 _PUBLISHED = re.compile(
-    r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO alarmd\.dispatcher published "
-    r"alarm=\d+ attempt=1 ref=(?P<ref>\S+)$",
+    r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO alarmd\.dispatcher published (?P<fields>.*)$",
     re.MULTILINE,
 )
+_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')  # key=value, the value logfmt-quoted when it must be
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 # What a process logs once it is ready (all of them, in any order).
@@ -206,7 +212,7 @@ class Deployment:
             self.bus_url = f"{RABBITMQ_URL}?exchange={self.exchange}"
         self.config = workdir / "calalarm.toml"
         self.services: list[Service] = []  # the processes of the deployment, the current one of each name
-        self.killed: list[Service] = []  # processes ended by kill(), in order
+        self.killed: list[Service] = []  # processes ended by kill(), reap() or terminate(), in order
         self._queue: AlarmQueue | None = None
         self.broker_leftover: dict[str, int] = {}
 
@@ -301,6 +307,35 @@ class Deployment:
         self.services.remove(service)
         self.killed.append(service)
         return service.exit_code
+
+    async def reap(self, name: str, timeout: float = STOP_TIMEOUT) -> int:  # noqa: ASYNC109 - like kill()
+        """Wait for the process ``name``, ended by someone else (a signal from outside), to be
+        gone and return its exit code (``-9`` after SIGKILL); it stays out until :meth:`restart`.
+        Raises :class:`subprocess.TimeoutExpired` when it is still running after ``timeout``."""
+        service = self.service(name)
+        service.exit_code = await asyncio.to_thread(service.process.wait, timeout)
+        self.services.remove(service)
+        self.killed.append(service)
+        return service.exit_code
+
+    async def terminate(self, name: str) -> int:
+        """Stop the process ``name`` with SIGTERM (SIGKILL after :data:`STOP_TIMEOUT`), as
+        ``systemctl stop`` would, and return its exit code; it stays out until :meth:`restart`."""
+        service = self.service(name)
+        service.process.send_signal(signal.SIGTERM)
+        try:
+            service.exit_code = await asyncio.to_thread(service.process.wait, STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            service.process.kill()
+            service.exit_code = await asyncio.to_thread(service.process.wait, STOP_TIMEOUT)
+        self.services.remove(service)
+        self.killed.append(service)
+        return service.exit_code
+
+    def alarmctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run ``alarmctl --config F ARGS`` (the real command) and return what it did."""
+        command = [str(BIN / "alarmctl"), "--config", str(self.config), *args]
+        return subprocess.run(command, env=self._env(), capture_output=True, text=True, timeout=timeout, check=False)
 
     async def restart(self, name: str) -> float:
         """Start ``name`` again (after :meth:`kill`), with the same command and log file; wait until
@@ -441,7 +476,8 @@ class Deployment:
 
     def publish_lateness(self, alarms: Sequence[Alarm]) -> list[float]:
         """Seconds from trigger to the end of the first publish of each alarm, from alarmd's log
-        (``published alarm=N attempt=1 ref=…`` is logged once the broker confirmed it;
+        (``published alarm=N attempt=1 component=… calid=… uid=… rid=… aid=…`` is logged once the
+        broker confirmed it;
         log times have millisecond resolution)."""
         triggers = {alarm.key[0]: alarm.trigger.timestamp() for alarm in alarms}
         found: dict[str, float] = {}
@@ -449,7 +485,11 @@ class Deployment:
             if service.name != "alarmd":
                 continue
             for match in _PUBLISHED.finditer(service.log_text()):
-                ref = match.group("ref")
+                fields = {k: json.loads(v) if v.startswith('"') else v for k, v in _FIELD.findall(match["fields"])}
+                if fields.get("attempt") != "1":
+                    continue
+                parts = (fields.get(name, "") for name in ("component", "calid", "uid", "rid", "aid"))
+                ref = str(EventReference.alarm(*parts))
                 if ref in triggers and ref not in found:
                     stamp = datetime.strptime(match.group("at"), "%Y-%m-%d %H:%M:%S,%f")  # local time
                     found[ref] = stamp.timestamp() - triggers[ref]
@@ -465,14 +505,33 @@ class Deployment:
 
 @dataclass(frozen=True)
 class Alarm:
-    """One instance to enqueue: an event of its own with one DISPLAY alarm firing at ``trigger``."""
+    """One instance to enqueue: an event of its own with one DISPLAY alarm firing at ``trigger``,
+    reminding ``owner``."""
 
     calid: str
     uid: str
     trigger: datetime
+    owner: str = OWNER
 
     def calendar(self) -> str:
         return event(self.uid, self.trigger + ALARM_BEFORE, display("-PT15M"), summary=f"Benchmark {self.uid}")
+
+    def payload(self) -> AlarmPayload:
+        """The same instance as :meth:`calendar` plans, as a single alarm for :func:`enqueue_all`."""
+        if self.trigger.microsecond:
+            raise ValueError(f"{self.uid}: trigger {self.trigger} has fractions of a second (iCalendar has none)")
+        return AlarmPayload(
+            calid=self.calid,
+            uid=self.uid,
+            rid="",
+            aid="1",
+            component="event",
+            action="DISPLAY",
+            trigger=iso(self.trigger),
+            summary=f"Benchmark {self.uid}",
+            start=iso(self.trigger + ALARM_BEFORE),
+            owner=self.owner,
+        )
 
     @property
     def key(self) -> tuple[str, str]:
@@ -497,7 +556,7 @@ def whole_second_after(seconds: float) -> datetime:
 def put(queue: AlarmQueue, alarm: Alarm) -> None:
     """Enqueue one alarm with :meth:`AlarmQueue.put`; fail loudly when it was not queued
     (a trigger already past when it arrived is silently skipped by ``put``)."""
-    result = queue.put(alarm.calid, alarm.calendar(), now=datetime.now(UTC), owner=OWNER)
+    result = queue.put(alarm.calid, alarm.calendar(), now=datetime.now(UTC), owner=alarm.owner)
     if result.errors or result.added != 1:
         raise RuntimeError(f"enqueue of {alarm.uid} (trigger {iso(alarm.trigger)}): {result.to_json()}")
 
@@ -507,6 +566,16 @@ def put_all(queue: AlarmQueue, alarms: Iterable[Alarm]) -> float:
     began = time.perf_counter()
     for alarm in alarms:
         put(queue, alarm)
+    return time.perf_counter() - began
+
+
+def enqueue_all(queue: AlarmQueue, alarms: Sequence[Alarm]) -> float:
+    """Queue every alarm as a single alarm (:meth:`AlarmQueue.enqueue`, in bulk); return the
+    seconds it took. Fails loudly when one was not queued (already queued, or already past)."""
+    began = time.perf_counter()
+    result = queue.enqueue([alarm.payload() for alarm in alarms], now=datetime.now(UTC))
+    if result.added != len(alarms):
+        raise RuntimeError(f"enqueue of {len(alarms)} alarms: {result.to_json()}")
     return time.perf_counter() - began
 
 

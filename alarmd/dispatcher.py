@@ -236,6 +236,33 @@ class Dispatcher:
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
         self._wake.clear()
 
+    async def _apply_ack(self, request: AckRequest) -> AckOutcome:
+        """Apply one ack (in a batch); while the database fails, try again with backoff for up
+        to ``alarmd.ack_timeout`` (the ack stays unsettled at the broker meanwhile). Dropped
+        after that, or at stop: the instance is then republished after its lease, and
+        notifyd's delivery record answers the republication without a second email."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.settings.ack_timeout
+        delay = 0.0
+        while True:
+            try:
+                return await self._acks.submit(request)
+            except sa.exc.SQLAlchemyError as exc:
+                delay = _next_backoff(delay)
+                if self._stopping.is_set() or loop.time() + delay > give_up:
+                    # A batch's failure reaches each of its acks: one line each, no traceback.
+                    log.warning(
+                        "could not record the ack for alarm=%d (%s); it will be republished after its lease",
+                        request.alarm_id,
+                        _short(exc),
+                    )
+                    raise
+                if delay == FAULT_BACKOFF_MIN:
+                    log.info(
+                        "database error applying the ack for alarm=%d (%s); retrying", request.alarm_id, _short(exc)
+                    )
+                await self._fault_pause(delay)
+
     def _apply_acks(self, requests: list[AckRequest]) -> list[AckOutcome]:
         return self.queue.ack_many(requests, now=self.clock(), max_attempts=self.settings.max_attempts)
 
@@ -248,17 +275,8 @@ class Dispatcher:
             log.warning("ignored an ack with a renl_id not ours: %r", ack.renl_id)
             return
         alarm_id, attempt = ids
-        try:
-            request = AckRequest(alarm_id, attempt, ack.status, ack.reason, self._backoff(attempt))
-            outcome = await self._acks.submit(request)
-        except Exception as exc:
-            # A batch's failure reaches each of its acks: one line each, no traceback.
-            log.warning(
-                "could not record the ack for alarm=%d (%s); it will be republished after its lease",
-                alarm_id,
-                _short(exc),
-            )
-            raise
+        request = AckRequest(alarm_id, attempt, ack.status, ack.reason, self._backoff(attempt))
+        outcome = await self._apply_ack(request)
         self.acked[outcome.value] = self.acked.get(outcome.value, 0) + 1
         self.metrics.observe_ack(ack.status.value, outcome.value)
         level = logging.WARNING if outcome in (AckOutcome.UNKNOWN, AckOutcome.FAILED) else logging.INFO

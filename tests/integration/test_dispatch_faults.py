@@ -242,3 +242,28 @@ async def test_an_ack_for_an_unknown_instance_is_ignored_and_quieter_when_redeli
         assert [r.uid for r in setup.queue.list_alarms()] == ["kept"]  # nothing else touched
     levels = {r.__dict__.get("alarm"): r.levelno for r in caplog.records if r.getMessage().startswith("ack")}
     assert levels == {999: logging.WARNING, 998: logging.INFO}
+
+
+async def test_an_ack_the_database_cannot_take_is_applied_when_it_can(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database restart while acks arrive: the ack waits and is applied, not dropped (which
+    cost a republication per ack, and a dead-lettered message each, in the restart scenario)."""
+    async with dispatching(sqlite_url) as s:
+        put_due(s.queue, "e1", NOW)
+        (claimed,) = s.queue.claim_due(now=NOW, limit=1, lease=timedelta(seconds=60), owner="test")
+        real_ack_many = s.queue.ack_many
+        failures = 0
+
+        def broken_ack_many(*args: object, **kwargs: object) -> object:
+            nonlocal failures
+            if failures < 2:
+                failures += 1
+                raise sa.exc.OperationalError("DELETE alarms", {}, ConnectionError("database is down (test)"))
+            return real_ack_many(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(s.queue, "ack_many", broken_ack_many)
+        await asyncio.wait_for(s.dispatcher._on_ack(Ack(claimed.renl_id, AckStatus.DELIVERED)), 10.0)
+        assert failures == 2
+        assert s.dispatcher.acked == {AckOutcome.DELETED.value: 1}
+        assert s.queue.list_alarms() == []

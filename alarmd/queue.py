@@ -740,6 +740,21 @@ class AlarmQueue:
                 [_history_row(row[:6], state.value, now, attempt=row.attempts, detail=row.last_error) for row in rows],
             )
             log.warning("%d instance(s) marked %s: %s", len(rows), state.value, rows[0].last_error)
+            if log.isEnabledFor(logging.INFO):  # one line per state change, ids only
+                for row in rows:
+                    log.info(
+                        "marked %s",
+                        state.value,
+                        extra={
+                            "alarm": row.id,
+                            "calid": row.calid,
+                            "uid": row.uid,
+                            "rid": row.rid,
+                            "aid": row.aid,
+                            "attempt": row.attempts,
+                            "state": state.value,
+                        },
+                    )
         return len(rows)
 
     def release(self, claimed: Iterable[ClaimedAlarm], *, now: datetime, delay: timedelta, reason: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from alarmd.ical import CalendarError
-from alarmd.queue import AckOutcome, AckRequest, AlarmQueue
+from alarmd.queue import AckOutcome, AckRequest, AlarmQueue, ClaimPolicy
 from common.db import migrate
 from common.db.engine import create_engine_from_url
 from common.db.tables import alarm_history, alarms, metadata
@@ -292,3 +293,15 @@ def test_timestamps_come_back_aware_utc(database_url: str) -> None:
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.literal(1))).scalar() == 1
     engine.dispose()
+
+
+def test_each_expired_instance_is_logged_with_its_ids_only(queue: AlarmQueue, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="alarmd.queue")
+    put_one(queue, "e1")
+    put_one(queue, "e2")
+    policy = ClaimPolicy(lease=LEASE, max_lateness=timedelta(minutes=5))
+    assert queue.claim(now=NOW + timedelta(hours=1), limit=0, owner="t", policy=policy).expired == 2
+    lines = [r for r in caplog.records if r.getMessage() == "marked expired"]
+    assert sorted(r.__dict__["uid"] for r in lines) == ["e1", "e2"]
+    assert all(r.levelno == logging.INFO and r.__dict__["state"] == "expired" for r in lines)
+    assert all("summary" not in r.__dict__ and "owner" not in r.__dict__ for r in lines)

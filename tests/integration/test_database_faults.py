@@ -213,7 +213,7 @@ async def test_the_dispatcher_delivers_a_stream_while_its_connections_are_termin
     """400 alarms due over 4 s; while they flow every backend is terminated four times a second,
     and a claim and two ack batches lose their connection half way. Every alarm is published
     and acked ``delivered``, none twice within its lease, and run() never ends."""
-    caplog.set_level(logging.WARNING, logger="alarmd.dispatcher")
+    caplog.set_level(logging.INFO, logger="alarmd.dispatcher")
     # A short lease and backoff, so that what a termination costs (a lost ack) comes back within the test.
     settings = replace(AlarmdSettings(), ack_timeout=LEASE, retry_base=0.5, retry_cap=2.0)
     uids = [f"s{n:03d}" for n in range(STREAM)]
@@ -250,8 +250,6 @@ async def test_the_dispatcher_delivers_a_stream_while_its_connections_are_termin
 
         # None published twice: each attempt once, and a new attempt only after the lease of the one before.
         assert set(a.tally.by_renl.values()) == {1}, [r for r, n in a.tally.by_renl.items() if n > 1]
-        republished = [renl for renl in a.tally.by_renl if not renl.endswith(":1")]
-        assert republished, "no ack was lost: the terminations inside acks did not take"
         published: dict[str, list[datetime]] = {}
         delivered: Counter[str] = Counter()
         query = (
@@ -274,7 +272,9 @@ async def test_the_dispatcher_delivers_a_stream_while_its_connections_are_termin
         # The faults were real, and the dispatcher said so.
         warnings = [r.getMessage() for r in caplog.records if r.name == "alarmd.dispatcher"]
         assert any("database error while claiming" in w for w in warnings), warnings
-        assert any("could not record the ack" in w for w in warnings), warnings
+        # An ack batch that lost its connection is tried again (or, past alarmd.ack_timeout, dropped
+        # and its instance republished after the lease, which the checks above allow).
+        assert any("applying the ack" in w or "could not record the ack" in w for w in warnings), warnings
     finally:
         checker.dispose()
 

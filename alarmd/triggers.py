@@ -57,6 +57,24 @@ DEFAULT_MIN_INTERVAL = timedelta(minutes=5)
 # the window (FREQ=SECONDLY, say) is planned only up to where it stopped, and
 # that is reported; the horizon job plans the rest later, a slice at a time.
 MAX_OCCURRENCES = 5000
+# Alarm instants one plan may build before thinning: a series is cut (as for
+# MAX_OCCURRENCES) when it reaches this many; an object that does not recur and
+# has more is refused. Without it a REPEAT:1000 alarm on a FREQ=MINUTELY series
+# built 5 million instants (gigabytes) from 300 bytes of text.
+MAX_CANDIDATES = 20_000
+# Triggers of one component per occurrence: its VALARMs, each counted 1 + REPEAT.
+MAX_ALARM_TRIGGERS = 2000
+# What a payload may carry, so that every notification fits the bus's message limit
+# (common.ens.envelope.MAX_MESSAGE_BYTES) and every row its columns: each text
+# (summary, description, location, the alarm's summary and description, organizer)
+# is cut to MAX_TEXT characters (ending in "…"); an EMAIL alarm may name at most
+# MAX_RECIPIENTS attendees of at most MAX_ADDRESS characters; an alarm's UID (its aid)
+# at most MAX_AID_LENGTH characters and its ACTION at most MAX_ACTION_LENGTH.
+MAX_TEXT = 10_000
+MAX_RECIPIENTS = 200
+MAX_ADDRESS = 320
+MAX_AID_LENGTH = 255
+MAX_ACTION_LENGTH = 32
 # How far next_alarms looks for a series' next instance (leap-day birthdays recur every 4 years).
 NEXT_SEARCH_LIMIT = timedelta(days=366 * 10)
 MAX_NEXT_OCCURRENCES = 1000
@@ -111,6 +129,24 @@ class _Context:
     owner: str
     recurring: bool
     locale: str = ""
+    # Texts as payloads carry them, made once per value: every instant of a series
+    # shares one string instead of a copy each (a 1 MB DESCRIPTION times 5,000).
+    texts: dict[Any, str] = field(default_factory=dict, compare=False)
+
+    def text(self, value: Any) -> str:
+        if value is None:
+            return ""
+        try:
+            made = self.texts.get(value)
+        except TypeError:  # a property given twice is a list
+            return _cut(str(value))
+        if made is None:
+            made = self.texts[value] = _cut(str(value))
+        return made
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
 def plan_alarms(
@@ -133,6 +169,7 @@ def plan_alarms(
     if window_start.tzinfo is None or window_end.tzinfo is None:
         raise ValueError("the window must be given as aware datetimes")
     check_object(obj)
+    check_alarms(obj)
     ctx = _Context(obj, calid, tz, owner, is_recurring(obj), locale)
     plan = AlarmPlan(complete_until=window_end)
     head = master(obj)
@@ -149,17 +186,24 @@ def plan_alarms(
         anchor = occ.start or occ.end
         if anchor is not None and anchor > hi:
             break
-        if ctx.recurring and count > max_occurrences:
+        if ctx.recurring and (count > max_occurrences or len(candidates) > MAX_CANDIDATES):
             cut = window_end
             if anchor is not None:
                 cut = max(window_start, min(window_end, shifted(anchor, -before - slack)))
             plan.complete_until = cut
+            what = f"{max_occurrences} occurrences" if count > max_occurrences else f"{MAX_CANDIDATES} alarm instants"
             plan.warnings.append(
-                f"UID {obj.uid}: more than {max_occurrences} occurrences fall in the window; "
+                f"UID {obj.uid}: more than {what} fall in the window; "
                 f"planned up to {format_utc(cut)} only, the rest is planned as time goes on"
             )
             break
         candidates.extend(_occurrence_alarms(ctx, occ))
+        if not ctx.recurring and len(candidates) > MAX_CANDIDATES:
+            raise CalendarError(
+                f"has more than {MAX_CANDIDATES} alarm instants (alarmd.triggers.MAX_CANDIDATES)",
+                uid=obj.uid,
+                prop="VALARM",
+            )
     if ctx.recurring and head is not None:
         candidates.extend(_once_alarms(ctx, head))
     end = plan.complete_until or window_end
@@ -247,6 +291,7 @@ def next_alarms(
     planning horizon. Stops once no later occurrence can give an earlier instant.
     """
     check_object(obj)
+    check_alarms(obj)
     ctx = _Context(obj, calid, tz, owner, is_recurring(obj), locale)
     head = master(obj)
     if head is not None and _cancelled(head):
@@ -267,16 +312,66 @@ def next_alarms(
                 _keep_first(first, _occurrence_alarms(ctx, occ), after)
         return sorted(first.values(), key=lambda p: (p.trigger, p.aid))
     give_up = shifted(after, NEXT_SEARCH_LIMIT)
+    built = 0
     for count, occ in enumerate(occurrences(obj, tz, after=shifted(after, -reach_after))):
         anchor = occ.start or occ.end
-        if count >= max_occurrences or (anchor is not None and anchor > give_up):
+        if count >= max_occurrences or built > MAX_CANDIDATES or (anchor is not None and anchor > give_up):
             break
         if anchor is not None and wanted <= first.keys():
             latest = max(p.trigger for p in first.values())
             if anchor > shifted(latest, before + slack):
                 break
-        _keep_first(first, _occurrence_alarms(ctx, occ), after)
+        planned = _occurrence_alarms(ctx, occ)
+        built += len(planned)
+        _keep_first(first, planned, after)
     return sorted(first.values(), key=lambda p: (p.trigger, p.aid))
+
+
+def check_alarms(obj: CalendarObject) -> None:
+    """Raise :class:`CalendarError` for VALARMs over a limit (see :data:`MAX_ALARM_TRIGGERS` and below)."""
+    uid = obj.uid
+    for comp in obj.components:
+        triggers = 0
+        for index, valarm in enumerate(_valarms(comp), start=1):
+            aid = _aid(valarm, index)
+            if len(aid) > MAX_AID_LENGTH:
+                raise CalendarError(
+                    f"a VALARM's UID is {len(aid)} characters long, over the limit of {MAX_AID_LENGTH} "
+                    "(alarmd.triggers.MAX_AID_LENGTH)",
+                    uid=uid,
+                    prop="UID",
+                )
+            action = _action(valarm)
+            if len(action) > MAX_ACTION_LENGTH:
+                raise CalendarError(
+                    f"ACTION is {len(action)} characters long, over the limit of {MAX_ACTION_LENGTH}",
+                    uid=uid,
+                    prop="ACTION",
+                )
+            triggers += _repeat(valarm, uid) + 1
+            if triggers > MAX_ALARM_TRIGGERS:
+                raise CalendarError(
+                    f"the VALARMs of one {comp.name} trigger more than {MAX_ALARM_TRIGGERS} times per occurrence, "
+                    "each counted 1 + REPEAT (alarmd.triggers.MAX_ALARM_TRIGGERS)",
+                    uid=uid,
+                    prop="VALARM",
+                )
+            if action == "EMAIL":
+                addresses = _attendees(valarm)
+                if len(addresses) > MAX_RECIPIENTS:
+                    raise CalendarError(
+                        f"an EMAIL alarm names {len(addresses)} attendees, over the limit of {MAX_RECIPIENTS} "
+                        "(alarmd.triggers.MAX_RECIPIENTS)",
+                        uid=uid,
+                        prop="ATTENDEE",
+                    )
+                longest = max((len(a) for a in addresses), default=0)
+                if longest > MAX_ADDRESS:
+                    raise CalendarError(
+                        f"an attendee's address is {longest} characters long, over the limit of {MAX_ADDRESS}",
+                        uid=uid,
+                        prop="ATTENDEE",
+                    )
 
 
 def _keep_first(first: dict[str, PlannedAlarm], planned: Iterable[PlannedAlarm], after: datetime) -> None:
@@ -392,17 +487,17 @@ def _planned(ctx: _Context, occ: Occurrence, valarm: Component, aid: str, trigge
         component=ctx.obj.component,
         action=action,
         trigger=format_utc(trigger),
-        summary=str(comp.get("SUMMARY", "")),
-        description=str(comp.get("DESCRIPTION", "")),
-        location=str(comp.get("LOCATION", "")),
+        summary=ctx.text(comp.get("SUMMARY")),
+        description=ctx.text(comp.get("DESCRIPTION")),
+        location=ctx.text(comp.get("LOCATION")),
         start=_show(occ.start, occ.all_day, ctx.tz),
         end=_show(occ.end, occ.all_day, ctx.tz) if any(p in comp for p in ("DTEND", "DUE", "DURATION")) else "",
         tz=str(getattr(ctx.tz, "key", "UTC")),
-        alarm_summary=str(valarm.get("SUMMARY", "")),
-        alarm_description=str(valarm.get("DESCRIPTION", "")),
+        alarm_summary=ctx.text(valarm.get("SUMMARY")),
+        alarm_description=ctx.text(valarm.get("DESCRIPTION")),
         owner=ctx.owner,
         recipients=_recipients(valarm, action, ctx.owner),
-        organizer=_organizer(comp),
+        organizer=_cut(_organizer(comp)),
         locale=ctx.locale,
     )
     return PlannedAlarm(ctx.calid, ctx.obj.uid, occ.rid, aid, ctx.obj.component, action, trigger, payload)
@@ -543,6 +638,11 @@ def _organizer(comp: Component) -> str:
 def _recipients(valarm: Component, action: str, owner: str) -> list[str]:
     if action != "EMAIL":
         return [owner] if owner else []
+    return _attendees(valarm) or ([owner] if owner else [])
+
+
+def _attendees(valarm: Component) -> list[str]:
+    """The ``mailto:`` addresses of a VALARM's ATTENDEEs."""
     attendees = valarm.get("ATTENDEE", [])
     if not isinstance(attendees, list):
         attendees = [attendees]
@@ -551,7 +651,7 @@ def _recipients(valarm: Component, action: str, owner: str) -> list[str]:
         address = str(attendee)
         if address.lower().startswith("mailto:"):
             out.append(address[7:])
-    return out or ([owner] if owner else [])
+    return out
 
 
-__all__ = ["AlarmPlan", "PlannedAlarm", "next_alarms", "plan_alarms", "thin"]
+__all__ = ["AlarmPlan", "PlannedAlarm", "check_alarms", "next_alarms", "plan_alarms", "thin"]

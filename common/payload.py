@@ -65,8 +65,9 @@ class AlarmPayload:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AlarmPayload:
-        if data.get("v") != PAYLOAD_VERSION:
-            raise PayloadError(f"payload version {data.get('v')!r} is not {PAYLOAD_VERSION}")
+        version = data.get("v")
+        if type(version) is not int or version != PAYLOAD_VERSION:  # True and 1.0 equal 1
+            raise PayloadError(f"payload version {version!r} is not {PAYLOAD_VERSION}")
         values: dict[str, Any] = {}
         for name in _FIELD_NAMES:
             if name not in data:
@@ -87,7 +88,7 @@ class AlarmPayload:
             raise PayloadError(f"payload 'component' must be event or todo, not {values['component']!r}")
         try:
             parse_utc(values["trigger"])
-        except ValueError:
+        except (ValueError, OverflowError):  # 9999-12-31T23:59:59-10:00 is past the last UTC instant
             raise PayloadError(f"payload 'trigger' {values['trigger']!r} is not an ISO 8601 UTC instant") from None
         return cls(**values)
 

@@ -18,7 +18,9 @@ they do not speak.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import socket
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from common.ens.reference import EventReference, InvalidReference
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 1_000_000
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 # A notification property: how many times the publisher has handed this instance to
 # the bus, counting this one (alarmd sets it; 1 is the first publication).
 PUBLICATION = "publication"
@@ -173,16 +176,28 @@ def renl_of(raw: bytes | str) -> Renl | None:
 
 
 def _load(raw: bytes | str, kind: str) -> dict[str, Any]:
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise EnvelopeError(f"{kind} is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES} byte limit")
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
+    if size > MAX_MESSAGE_BYTES:
+        raise EnvelopeError(f"{kind} is {size} bytes, over the {MAX_MESSAGE_BYTES} byte limit")
     try:
-        body = json.loads(raw)
+        # Strictly UTF-8 (RFC 8259): json.loads would let encoded surrogates through.
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        body = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise EnvelopeError(f"{kind} is not JSON: {exc}") from None
+    except RecursionError:
+        raise EnvelopeError(f"{kind} is not JSON this reader takes: nested too deep") from None
     if not isinstance(body, dict):
         raise EnvelopeError(f"{kind} must be a JSON object")
+    if _SURROGATE_ESCAPE.search(text) or not isinstance(raw, bytes):
+        # A lone surrogate ("\\ud800", or in a str) is not Unicode text: it cannot be
+        # written to a database, a log file or an email, and failed whole batches of acks.
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise EnvelopeError(f"{kind} holds text that is not valid Unicode (a lone surrogate)") from None
     version = body.get("v")
-    if not isinstance(version, int) or version != VERSION:
+    if type(version) is not int or version != VERSION:
         raise EnvelopeError(f"{kind} has version {version!r}; this build speaks version {VERSION}")
     if body.get("type") != kind:
         raise EnvelopeError(f"expected a message of type {kind!r}, got {body.get('type')!r}")
@@ -207,7 +222,7 @@ def _renl(body: Any) -> Renl:
     if not isinstance(body, dict):
         raise EnvelopeError("field 'renl' must be an object")
     timeout = body.get("timeout")
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout < math.inf:
         raise EnvelopeError("renl 'timeout' must be a positive number of seconds")
     return Renl(
         ack_to=_field(body, "ack_to", str),

@@ -272,7 +272,8 @@ class Dispatcher:
             self._all_acked.set()
         ids = parse_renl_id(ack.renl_id)
         if ids is None:
-            log.warning("ignored an ack with a renl_id not ours: %r", ack.renl_id)
+            shown = ack.renl_id if len(ack.renl_id) <= 80 else ack.renl_id[:80] + "…"
+            log.warning("ignored an ack with a renl_id not ours: %r", shown)
             return
         alarm_id, attempt = ids
         request = AckRequest(alarm_id, attempt, ack.status, ack.reason, self._backoff(attempt))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -11,6 +12,9 @@ RETRY_BASE = timedelta(seconds=30)
 RETRY_CAP = timedelta(hours=1)
 JITTER = 0.2  # each backoff is spread by ±20% so that instances failed together do not return together
 PUBLISH_RETRY = timedelta(seconds=5)
+MAX_ALARM_ID = 2**63 - 1  # the id column is a signed 64-bit integer (BIGINT; SQLite's INTEGER)
+MAX_ATTEMPT = 2**31 - 1  # the attempts column is a signed 32-bit integer
+_RENL_ID = re.compile(r"([0-9]{1,19}):([0-9]{1,10})")
 
 
 def retry_delay(
@@ -74,8 +78,16 @@ class TokenBucket:
 
 
 def parse_renl_id(renl_id: str) -> tuple[int, int] | None:
-    """``"42:3"`` → (instance 42, attempt 3); None for anything else."""
-    alarm_id, sep, attempt = renl_id.partition(":")
-    if not sep or not alarm_id.isdigit() or not attempt.isdigit():
+    """``"42:3"`` → (instance 42, attempt 3); None for anything alarmd never writes.
+
+    Only ASCII digits (``str.isdigit`` also takes ``٣`` and ``²``), an instance id that
+    fits the 64-bit id column and an attempt from 1 that fits an integer column: a
+    forged id over 2**63 would fail the whole batch of acks applied with it.
+    """
+    match = _RENL_ID.fullmatch(renl_id)
+    if match is None:
         return None
-    return int(alarm_id), int(attempt)
+    alarm_id, attempt = int(match[1]), int(match[2])
+    if alarm_id > MAX_ALARM_ID or not 1 <= attempt <= MAX_ATTEMPT:
+        return None
+    return alarm_id, attempt

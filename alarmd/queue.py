@@ -259,7 +259,7 @@ class PutResult:
 def parse_tz(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe" is a directory
         raise UnknownTimeZone(f"time zone {name!r} is not an IANA zone name such as Europe/Berlin") from None
 
 
@@ -801,20 +801,35 @@ class AlarmQueue:
     def ack_many(self, requests: Sequence[AckRequest], *, now: datetime, max_attempts: int = 0) -> list[AckOutcome]:
         """Apply end-to-end acks in one transaction; the outcome of each, in order.
 
-        ``delivered`` deletes the instance whatever attempt it names, exactly once
-        (the DELETE decides; a second ack finds nothing): all of a batch's in one
-        statement. ``failed`` and ``retry`` only count when they answer the current
-        attempt of an in-flight instance; an older attempt's verdict is stale. A
+        ``delivered`` deletes the instance exactly once (the DELETE decides; a second
+        ack finds nothing) when it names an attempt that was published: a late ack for
+        attempt 1 of an instance now at attempt 2 counts, an ack for an attempt not yet
+        made (a forged one, or one for an instance never published) is unknown and
+        changes nothing. The delivered acks of a batch take one statement per attempt
+        number among them. ``failed`` and ``retry`` only count when they answer the
+        current attempt of an in-flight instance; an older attempt's verdict is stale. A
         ``retry`` for attempt ``max_attempts`` (0: no limit) marks the instance failed
         with that reason.
         """
         outcomes: list[AckOutcome] = [AckOutcome.UNKNOWN] * len(requests)
-        delivered = {r.alarm_id: i for i, r in reversed(list(enumerate(requests))) if r.status is AckStatus.DELIVERED}
+        delivered: dict[int, int] = {}  # instance → the request naming its earliest attempt
+        for i, r in enumerate(requests):
+            if r.status is AckStatus.DELIVERED:
+                first = delivered.setdefault(r.alarm_id, i)
+                if r.attempt < requests[first].attempt:
+                    delivered[r.alarm_id] = i
+        by_attempt: dict[int, list[int]] = {}
+        for alarm_id, i in delivered.items():
+            by_attempt.setdefault(requests[i].attempt, []).append(alarm_id)
         with self.engine.begin() as conn:
-            if delivered:
-                deleted = conn.execute(
-                    sa.delete(alarms).where(alarms.c.id.in_(list(delivered))).returning(alarms.c.id, *_KEY)
+            deleted: list[Any] = []  # rows (id, calid, uid, rid, aid, trigger_at)
+            for attempt, ids in sorted(by_attempt.items()):
+                deleted += conn.execute(
+                    sa.delete(alarms)
+                    .where(alarms.c.id.in_(ids), alarms.c.attempts >= attempt)
+                    .returning(alarms.c.id, *_KEY)
                 ).all()
+            if deleted:
                 for row in deleted:
                     outcomes[delivered[row.id]] = AckOutcome.DELETED
                 chosen = [requests[delivered[row.id]] for row in deleted]

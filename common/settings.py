@@ -275,7 +275,7 @@ def _validate(settings: Settings) -> None:
         )
     try:
         ZoneInfo(settings.alarmd.default_tz)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ConfigError(f"alarmd.default_tz {settings.alarmd.default_tz!r} is not an IANA time zone") from None
     if not settings.database.url.startswith(("sqlite", "postgresql")):
         raise ConfigError(f"database.url {settings.database.url!r}: use sqlite:///PATH or postgresql+psycopg://…")

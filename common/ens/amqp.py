@@ -163,7 +163,6 @@ class AmqpBus(Bus):
         self._publish_channel: AbstractRobustChannel | None = None
         self._consume_channel: AbstractRobustChannel | None = None
         self._exchange: AbstractRobustExchange | None = None
-        self._ack_queues_declared: set[str] = set()
         self._durable_queues: dict[str, AbstractRobustQueue] = {}
         self._durable_names: set[str] = set()  # every durable queue ever declared, for tools and tests
         self._subscriptions: set[_AmqpSubscription] = set()
@@ -240,7 +239,6 @@ class AmqpBus(Bus):
             self._connection = None
             self._publish_channel = self._consume_channel = None
             self._exchange = None
-            self._ack_queues_declared.clear()
             self._durable_queues.clear()
             with contextlib.suppress(*_BROKER_ERRORS):
                 await connection.close()
@@ -308,8 +306,11 @@ class AmqpBus(Bus):
         await self._publish(routing_key, message, f"raw message to {routing_key!r}")
 
     async def send_ack(self, ack_to: str, ack: Ack) -> None:
+        # Not declared here: the publisher declares its ack queue before it publishes
+        # anything, so a genuine ack has a queue. Declaring it for whatever ack_to a
+        # notification names let forged notifications create durable queues without end;
+        # an ack to an address nobody consumes is now dropped by the broker (unroutable).
         routing_key = _ack_routing_key(ack_to)
-        await self._declare_ack_queue(ack_to)
         message = aio_pika.Message(
             ack.to_json(),
             content_type="application/json",
@@ -328,21 +329,6 @@ class AmqpBus(Bus):
             raise BusUnavailable(f"RabbitMQ refused {what} (nack): {_describe(exc)}") from exc
         except _BROKER_ERRORS as exc:
             raise BusUnavailable(f"could not publish {what}: {_describe(exc)}") from exc
-
-    async def _declare_ack_queue(self, ack_to: str) -> None:
-        """Make sure the durable queue of ``ack_to`` exists and is bound (once per address)."""
-        name = self._ack_queue_name(ack_to)
-        if name in self._ack_queues_declared:
-            return
-        publish_channel, _consume_channel, _exchange = await self._ready()
-        self._durable_names.add(name)
-        try:
-            async with asyncio.timeout(self._timeout):
-                queue = await publish_channel.declare_queue(name, durable=True)
-                await queue.bind(self.exchange_name, _ack_routing_key(ack_to))
-        except _BROKER_ERRORS as exc:
-            raise BusUnavailable(f"could not declare the ack queue {name!r}: {_describe(exc)}") from exc
-        self._ack_queues_declared.add(name)
 
     def _ack_queue_name(self, ack_to: str) -> str:
         return queue_name(f"{self.exchange_name}.{_ack_routing_key(ack_to)}")

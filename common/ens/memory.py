@@ -91,12 +91,13 @@ class MemoryBus(Bus):
     async def publish_raw(self, routing_key: str, body: bytes) -> None:
         """Put ``body`` as is on every queue bound with ``routing_key`` (tests and tools).
 
-        ``renl.ADDRESS`` reaches the ack queue of ``ADDRESS``, as on AMQP.
+        ``renl.ADDRESS`` reaches the ack queue of ``ADDRESS`` if it is consumed, as on AMQP.
         """
         if self._closed:
             raise BusUnavailable("the in-process bus is closed")
         if routing_key.startswith("renl."):
-            self._queues.setdefault(routing_key, _Queue(None)).items.put_nowait(body)
+            if (acks := self._queues.get(routing_key)) is not None:
+                acks.items.put_nowait(body)
             return
         for queue in self._queues.values():
             if queue.binding is not None and queue.binding.routing_key == routing_key:
@@ -105,7 +106,13 @@ class MemoryBus(Bus):
     async def send_ack(self, ack_to: str, ack: Ack) -> None:
         if self._closed:
             raise BusUnavailable("the in-process bus is closed")
-        self._queues.setdefault(f"renl.{ack_to}", _Queue(None)).items.put_nowait(ack.to_json())
+        # As on AMQP: an ack goes to the queue its publisher consumes; with none, it is
+        # dropped (a queue per made-up ack_to would let forged notifications grow the bus).
+        queue = self._queues.get(f"renl.{ack_to}")
+        if queue is None:
+            log.debug("dropped an ack to %r: nobody consumes acks for that address", ack_to[:100])
+            return
+        queue.items.put_nowait(ack.to_json())
 
     async def consume_acks(self, ack_to: str, handler: AckHandler) -> Subscription:
         name = f"renl.{ack_to}"

@@ -219,12 +219,6 @@ def test_reading_a_poison_message_raises_only_envelope_or_payload_errors(raw: by
             AlarmPayload.from_dict(message.payload)  # only the payload is wrong in these
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="common/ens/memory.py send_ack: every ack_to names a queue, created on first use and never "
-    "removed, so poison notifications with ever new renl.ack_to values (each up to 1 MB) grow the "
-    "in-process bus without bound (on AMQP an ack to an unbound routing key is dropped)",
-)
 async def test_acks_to_made_up_addresses_do_not_pile_up_in_the_in_process_bus() -> None:
     async with running_notifier() as h:
         for i in range(200):
@@ -372,13 +366,6 @@ def test_an_ack_for_an_unknown_instance_is_ignored_and_logged(
     assert any("not ours" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="alarmd/queue.py ack_many: a 'delivered' ack deletes its instance whatever attempt it names, "
-    "also an attempt never published (INSTANCE:7 while the instance is at attempt 1, INSTANCE:1 for a "
-    "pending or failed instance never published, INSTANCE:0): a forged ack removes a reminder never "
-    "sent, or the failed row kept for the operator",
-)
 @pytest.mark.parametrize("renl_id", ["{inflight}:7", "{inflight}:0", "{pending}:1", "{failed}:1"])
 def test_a_delivered_ack_for_an_attempt_never_published_changes_nothing(
     renl_id: str, template_db: Path, tmp_path_factory: pytest.TempPathFactory
@@ -386,25 +373,12 @@ def test_a_delivered_ack_for_an_attempt_never_published_changes_nothing(
     asyncio.run(ack_scenario(fresh_db(template_db, tmp_path_factory), [ack(renl_id)]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="alarmd/policy.py parse_renl_id takes any run of digits and alarmd/queue.py ack_many binds it: "
-    "an instance id over 2**63 raises OverflowError (SQLite; NumericValueOutOfRange on PostgreSQL) for the "
-    "whole batch of acks applied together (common/batching.py), so the genuine acks in it are not "
-    "recorded and their reminders are published again after the lease",
-)
 def test_an_instance_id_over_any_column_does_not_fail_the_acks_beside_it(
     template_db: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     asyncio.run(ack_scenario(fresh_db(template_db, tmp_path_factory), [ack("99999999999999999999999:1")]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="alarmd/policy.py parse_renl_id tests str.isdigit(), true for any Unicode digit: '٣:1' (Arabic-Indic "
-    "three) is read as instance 3, attempt 1, though alarmd never published that renl_id, and '²:1' passes "
-    "isdigit() but not int(), so the ack handler raises (logged with a traceback by the bus)",
-)
 @pytest.mark.parametrize("status", ["delivered", "failed"])
 def test_a_renl_id_in_other_digits_is_not_ours(
     status: str, template_db: Path, tmp_path_factory: pytest.TempPathFactory

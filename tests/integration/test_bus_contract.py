@@ -200,14 +200,19 @@ async def test_ack_round_trip_carries_status_and_reason(buses: Buses) -> None:
     assert len(acks.items) == 3
 
 
-async def test_acks_sent_before_anyone_consumes_them_wait(buses: Buses) -> None:
+async def test_acks_sent_while_their_publisher_is_away_wait_and_acks_to_nobody_are_dropped(buses: Buses) -> None:
+    first = await buses.new()
+    away = await first.consume_acks(ACK_TO, Inbox[Ack]())  # the publisher's ack queue exists from its start
+    await away.cancel()
+    nobody = f"nobody-{uuid.uuid4().hex[:8]}"
+
     notifier = await buses.new()
     await notifier.send_ack(ACK_TO, Ack("1:1", AckStatus.DELIVERED))
     await raw(notifier).publish_raw(f"renl.{ACK_TO}", b'{"v": 1, "type": "ack"}')  # invalid: dropped
     await notifier.send_ack(ACK_TO, Ack("2:1", AckStatus.FAILED, "no recipients"))
-    await notifier.send_ack("someone-else", Ack("3:1", AckStatus.DELIVERED))
+    await notifier.send_ack(nobody, Ack("3:1", AckStatus.DELIVERED))  # no queue: not kept, none made
 
-    publisher = await buses.new()  # the publisher comes up only now
+    publisher = await buses.new()  # the publisher comes back only now
     acks: Inbox[Ack] = Inbox()
     await publisher.consume_acks(ACK_TO, acks)
     got = await acks.wait_for(2)
@@ -217,6 +222,15 @@ async def test_acks_sent_before_anyone_consumes_them_wait(buses: Buses) -> None:
     ]
     await notifier.send_ack(ACK_TO, Ack("4:1", AckStatus.RETRY))  # still consuming after the bad one
     assert [a.renl_id for a in await acks.wait_for(3)] == ["1:1", "2:1", "4:1"]
+
+    # Had the notifier made a queue for ``nobody`` (a forged ack_to could name any), the
+    # ack would wait in it for this consumer.
+    stray: Inbox[Ack] = Inbox()
+    await publisher.consume_acks(nobody, stray)
+    await notifier.send_ack(ACK_TO, Ack("5:1", AckStatus.DELIVERED))
+    await acks.wait_for(4)
+    await asyncio.sleep(0.2)
+    assert stray.items == []
 
 
 async def test_failing_handler_does_not_stop_later_deliveries(buses: Buses, caplog: pytest.LogCaptureFixture) -> None:

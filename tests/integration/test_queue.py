@@ -152,6 +152,34 @@ def test_ack_many_applies_a_mixed_batch_in_one_transaction_with_an_outcome_each(
     assert delivered == {"250 a": 1, "250 d": 1}  # each row with its own ack's detail
 
 
+def test_a_delivered_ack_deletes_only_for_an_attempt_that_was_published(queue: AlarmQueue) -> None:
+    for uid in ("a", "b", "c"):
+        put_one(queue, uid)
+    put_one(queue, "never", 60)
+    due = utc("2026-11-23T10:10:00Z")
+    a, b, c = queue.claim_due(now=due, limit=10, lease=LEASE, owner="t")
+    never = next(r.id for r in queue.list_alarms() if r.uid == "never")
+    outcomes = queue.ack_many(
+        [
+            AckRequest(a.id, 2, AckStatus.DELIVERED, "forged: attempt 2 was never made", NO_DELAY),
+            AckRequest(a.id, 1, AckStatus.DELIVERED, "250 a", NO_DELAY),  # the genuine one, after it
+            AckRequest(b.id, 1, AckStatus.DELIVERED, "250 b", NO_DELAY),
+            AckRequest(c.id, 9, AckStatus.DELIVERED, "forged", NO_DELAY),
+            AckRequest(never, 1, AckStatus.DELIVERED, "forged: never published", NO_DELAY),
+        ],
+        now=due,
+    )
+    assert outcomes == [
+        AckOutcome.UNKNOWN,
+        AckOutcome.DELETED,
+        AckOutcome.DELETED,
+        AckOutcome.UNKNOWN,
+        AckOutcome.UNKNOWN,
+    ]
+    assert {r.uid: r.state for r in queue.list_alarms()} == {"c": "inflight", "never": "pending"}
+    assert [h["detail"] for h in queue.history(a.id) if h["event"] == "delivered"] == ["250 a"]
+
+
 def test_retry_reschedules_failed_marks_and_stale_acks_are_ignored(queue: AlarmQueue) -> None:
     put_one(queue, "a")
     put_one(queue, "b")

@@ -1,8 +1,11 @@
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from alarmd.demo import DEMO_CALENDAR, schedule_demo_calendar
 from alarmd.ical import parse_calendar
 from alarmd.policy import parse_renl_id, retry_delay
+from alarmd.queue import UnknownTimeZone, parse_tz
 from alarmd.triggers import plan_alarms
 
 
@@ -16,6 +19,34 @@ def test_parse_renl_id() -> None:
     assert parse_renl_id("42:3") == (42, 3)
     assert parse_renl_id("x:3") is None
     assert parse_renl_id("42") is None
+    assert parse_renl_id(f"{2**63 - 1}:1") == (2**63 - 1, 1)
+
+
+def test_parse_renl_id_refuses_what_alarmd_never_writes() -> None:
+    for forged in (
+        f"{2**63}:1",
+        "99999999999999999999999:1",
+        f"1:{2**31}",
+        "1:0",
+        "٣:1",
+        "²:1",
+        "1:٣",
+        "+1:1",
+        " 1:1",
+        "1:1 ",
+        "1:1:1",
+        ":1",
+        "1:",
+        "-1:1",
+        "1.0:1",
+    ):
+        assert parse_renl_id(forged) is None, forged
+
+
+@pytest.mark.parametrize("name", ["Europe", "Europe/", "../etc/passwd", "", "Mars/Olympus_Mons", "Europe/Paris\x00"])
+def test_a_zone_name_that_is_not_a_zone_is_an_unknown_time_zone(name: str) -> None:
+    with pytest.raises(UnknownTimeZone, match="is not an IANA zone name"):
+        parse_tz(name)
 
 
 def test_demo_calendar_fires_within_30_seconds() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 
@@ -32,7 +33,7 @@ from alarmd.queue import AckOutcome, AckRequest, AlarmQueue, ClaimedAlarm, Claim
 from common.batching import GroupCommit
 from common.clock import Clock, utcnow
 from common.ens.abc import Bus, Subscription
-from common.ens.envelope import PUBLICATION, Ack, Notification, Renl, standard_properties
+from common.ens.envelope import NOT_BEFORE, PUBLICATION, Ack, Notification, Renl, standard_properties
 from common.logs import without_addresses
 from common.metrics import AlarmdMetrics
 from common.settings import AlarmdSettings
@@ -188,11 +189,16 @@ class Dispatcher:
         return len(batch.claimed)
 
     async def _publish(self, claimed: ClaimedAlarm) -> None:
+        now = self.clock()
+        properties = {**standard_properties("alarmd", now), PUBLICATION: claimed.publication}
+        if claimed.trigger > now:  # claimed up to publish_ahead early: the subscriber holds it until then
+            properties[NOT_BEFORE] = math.ceil(claimed.trigger.timestamp() * 1000)  # never a ms early
         notification = Notification(
             ref=claimed.ref,
             payload=claimed.payload,
-            properties={**standard_properties("alarmd", self.clock()), PUBLICATION: claimed.publication},
-            renl=Renl(self.settings.ack_to, claimed.renl_id, self.settings.ack_timeout),
+            properties=properties,
+            # The lease runs from publish_ahead after the claim: the subscriber may hold it that long.
+            renl=Renl(self.settings.ack_to, claimed.renl_id, self.settings.ack_timeout + self.settings.publish_ahead),
         )
         self._outstanding.add(claimed.renl_id)  # before publishing: the ack may beat publish() back
         try:
@@ -217,8 +223,10 @@ class Dispatcher:
             next_due = await asyncio.to_thread(self.queue.next_due_at)
             delay = self.settings.safety_poll
         if next_due is not None:
-            # A clock set back makes this long: the safety poll bounds it.
-            delay = min(delay, max(0.0, (next_due - self.clock()).total_seconds()))
+            # Claimed publish_ahead before it is due. A clock set back makes this long: the
+            # safety poll bounds it.
+            until = (next_due - self.clock()).total_seconds() - self.settings.publish_ahead
+            delay = min(delay, max(0.0, until))
         if delay <= 0:
             return
         await self._pause(delay)

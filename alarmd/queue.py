@@ -147,6 +147,7 @@ class ClaimPolicy:
     max_lateness: timedelta = timedelta(0)  # 0: never expire
     max_attempts: int = 0  # 0: no limit
     backoff: Callable[[int], timedelta] | None = None  # attempt → delay, for unanswered attempts
+    ahead: timedelta = timedelta(0)  # claim what falls due this far ahead (alarmd.publish_ahead)
 
     @classmethod
     def from_settings(cls, settings: AlarmdSettings) -> ClaimPolicy:
@@ -156,6 +157,7 @@ class ClaimPolicy:
             max_lateness=timedelta(seconds=settings.max_lateness),
             max_attempts=settings.max_attempts,
             backoff=jittered_backoff(settings.retry_base, settings.retry_cap),
+            ahead=timedelta(seconds=settings.publish_ahead),
         )
 
 
@@ -580,8 +582,10 @@ class AlarmQueue:
     ) -> ClaimBatch:
         """Claim up to ``limit`` due instances for ``policy.lease``; each claim is a new attempt.
 
-        Due means pending or in flight with ``next_at <= now``: an instance whose
-        ack did not arrive within its lease is simply due again. In one transaction:
+        Due means pending or in flight with ``next_at <= now + policy.ahead``: an
+        instance whose ack did not arrive within its lease is simply due again; with
+        ``ahead``, what falls due that soon is claimed early (its subscribers hold it
+        until its trigger) and its lease counts from ``now + ahead``. In one transaction:
 
         1. never-sent instances more than ``policy.max_lateness`` overdue are marked
            ``expired`` (kept for the operator, not sent);
@@ -598,7 +602,8 @@ class AlarmQueue:
         double-claiming each other's rows; on SQLite (one writer at a time) each
         UPDATE re-checks the due condition, so a row is claimed by one statement only.
         """
-        due = sa.and_(alarms.c.state.in_(LIVE_STATES), alarms.c.next_at <= now)
+        due_by = now + policy.ahead
+        due = sa.and_(alarms.c.state.in_(LIVE_STATES), alarms.c.next_at <= due_by)
         with self.engine.begin() as conn:
             expired = failed = 0
             if policy.max_lateness > timedelta(0):
@@ -619,7 +624,7 @@ class AlarmQueue:
                     conn,
                     sa.and_(
                         alarms.c.state == State.INFLIGHT,
-                        alarms.c.next_at <= now,
+                        alarms.c.next_at <= due_by,
                         alarms.c.attempts >= policy.max_attempts,
                     ),
                     State.FAILED,
@@ -677,7 +682,7 @@ class AlarmQueue:
                 state=State.INFLIGHT,
                 attempts=alarms.c.attempts + 1,
                 publications=alarms.c.publications + 1,
-                next_at=now + policy.lease,
+                next_at=now + policy.ahead + policy.lease,
                 claimed_by=owner,
                 updated_at=now,
             )
@@ -711,7 +716,7 @@ class AlarmQueue:
                     {
                         "alarm_id": c.id,
                         "attempt": c.attempt,
-                        "next_at": now + policy.lease + policy.backoff(c.attempt - 1),
+                        "next_at": now + policy.ahead + policy.lease + policy.backoff(c.attempt - 1),
                     }
                     for c in again
                 ],

@@ -20,6 +20,9 @@ from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 ENV_PREFIX = "CALALARM_"
+# The most alarmd.publish_ahead may be, and so the longest a subscriber holds a notification
+# for its trigger (notifyd sends one due later than that after this long, with a warning).
+PUBLISH_AHEAD_MAX = 10.0
 
 
 class ConfigError(ValueError):
@@ -93,6 +96,10 @@ class SmtpEndpoint:
 @dataclass(frozen=True)
 class AlarmdSettings:
     ack_timeout: float = 60.0  # seconds a published instance waits for its ack before it is due again
+    # Seconds before its trigger an instance may be claimed and published; subscribers hold
+    # it until the trigger (notifyd does), so claiming and the bus are off the critical path.
+    # 0 = publish when due. At most PUBLISH_AHEAD_MAX.
+    publish_ahead: float = 1.0
     batch_size: int = 100  # instances claimed per database round trip
     safety_poll: float = 30.0  # longest sleep, a backstop for wake-ups that were missed
     ack_to: str = "alarmd"  # the RENL address (queue) acks are sent to
@@ -236,6 +243,11 @@ def _validate(settings: Settings) -> None:
             f"alarmd.ack_timeout ({settings.alarmd.ack_timeout:g}s) must exceed smtp.deadline "
             f"({settings.smtp.deadline:g}s), the longest one reminder may take to send; otherwise slow sends "
             "are republished while still in progress and mailed twice"
+        )
+    if not 0 <= settings.alarmd.publish_ahead <= PUBLISH_AHEAD_MAX:
+        raise ConfigError(
+            f"alarmd.publish_ahead must be 0 to {PUBLISH_AHEAD_MAX:g} seconds (default 1): how early an "
+            "instance may be published for its subscribers to hold until its trigger"
         )
     if settings.alarmd.batch_size < 1:
         raise ConfigError("alarmd.batch_size must be at least 1")

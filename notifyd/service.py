@@ -1,6 +1,8 @@
 """The notifier: alarm notifications in, reminder emails out, an end-to-end ack for each.
 
-One notification is handled as: validate the payload, look its instance key up in the
+One notification is handled as: validate the payload; if it came before its property
+``not_before`` (alarmd publishes up to ``alarmd.publish_ahead`` before the trigger), pick
+the recipients and render the email at once and hold it until then; look its instance key up in the
 delivery log (a recorded one is acked ``delivered`` without a second email; the first
 copy of an instance, its first publication not redelivered by the bus, cannot have been
 mailed and skips the lookup), pick the recipients (:mod:`notifyd.recipients`), render
@@ -28,7 +30,7 @@ from common.ens.envelope import AckStatus, Notification, standard_properties
 from common.ens.reference import EVENT_ALARM, TODO_ALARM
 from common.metrics import NotifydMetrics
 from common.payload import AlarmPayload, PayloadError, format_utc
-from common.settings import Settings
+from common.settings import PUBLISH_AHEAD_MAX, Settings
 from notifyd.dedup import Delivery, DeliveryLog, MemoryDeliveryLog, SqlDeliveryLog, instance_key
 from notifyd.email import render_reminder, sample_context
 from notifyd.recipients import Addressing, Directory, RecipientPolicy, address_reminder
@@ -52,6 +54,8 @@ class MailSender(Protocol):
 
 
 DeliveredCallback = Callable[[AlarmPayload, str], None]
+# A reminder ready to send (its addressing and message bytes), or the result that ends it.
+_Prepared = tuple[Addressing, bytes] | SendResult
 
 
 class Notifier:
@@ -152,6 +156,11 @@ class Notifier:
     async def handle(self, notification: Notification) -> None:
         """Process one notification and start its ack; see the module doc.
 
+        One that comes before its ``not_before`` is prepared (recipients, rendering) and
+        held until then, outside the concurrency slots, at most
+        :data:`~common.settings.PUBLISH_AHEAD_MAX` seconds: one due later than that (the
+        publisher's clock ahead of ours) is sent then, with a warning.
+
         ``notifyd.concurrency`` bounds the work up to the delivery record, so the crash
         window holds at most that many reminders. The ack then goes out in a task of its
         own: the broker's confirm of it (milliseconds to tens of them for a persistent
@@ -162,13 +171,14 @@ class Notifier:
         """
         ref = str(notification.ref)
         payload: AlarmPayload | None = None
-        async with self._semaphore:
-            try:
-                payload = AlarmPayload.from_dict(notification.payload)
-            except PayloadError as exc:
-                result = SendResult(AckStatus.FAILED, f"invalid payload: {exc}")
-            else:
-                result = await self._process(payload, ref, notification.first_copy)
+        try:
+            payload = AlarmPayload.from_dict(notification.payload)
+        except PayloadError as exc:
+            result = SendResult(AckStatus.FAILED, f"invalid payload: {exc}")
+        else:
+            prepared = await self._hold(notification, payload, ref)
+            async with self._semaphore:
+                result = await self._process(payload, ref, notification.first_copy, prepared)
         ack = asyncio.create_task(self._ack(notification, ref, result), name=f"notifyd:ack:{notification.id}")
         self._inflight.add(ack)  # stop() waits for acks as for notifications in hand
         ack.add_done_callback(self._finished)
@@ -178,7 +188,33 @@ class Notifier:
             except Exception:
                 log.exception("the on_delivered callback failed for %s", ref)
 
-    async def _process(self, payload: AlarmPayload, ref: str, first_copy: bool = False) -> SendResult:
+    async def _hold(self, notification: Notification, payload: AlarmPayload, ref: str) -> _Prepared | None:
+        """Until the notification's ``not_before``, when it is still ahead: the reminder
+        prepared meanwhile."""
+        not_before = notification.not_before()
+        if not_before is None:
+            return None
+        now = self._clock()
+        ahead = (not_before - now).total_seconds()
+        if ahead <= 0:
+            return None
+        if ahead > PUBLISH_AHEAD_MAX:
+            log.warning(
+                "%s came %.1f s before its not_before (more than %g s: is the publisher's clock ahead?); "
+                "sending it after %g s",
+                ref,
+                ahead,
+                PUBLISH_AHEAD_MAX,
+                PUBLISH_AHEAD_MAX,
+            )
+            ahead = PUBLISH_AHEAD_MAX
+        prepared = self._prepare(payload, ref, now + timedelta(seconds=ahead))  # dated when sent
+        await asyncio.sleep(ahead)
+        return prepared
+
+    async def _process(
+        self, payload: AlarmPayload, ref: str, first_copy: bool = False, prepared: _Prepared | None = None
+    ) -> SendResult:
         """Dedup, deliver, record (see the module doc). The first copy of an instance
         (its first publication, not redelivered) cannot have been mailed: no lookup."""
         key = instance_key(payload)
@@ -193,7 +229,7 @@ class Notifier:
             return SendResult(
                 AckStatus.DELIVERED, f"{DUPLICATE}already mailed at {format_utc(sent_at)}; not sent again"
             )
-        result = await self._deliver(payload, ref)
+        result = await self._deliver(payload, ref, prepared)
         if result.status is AckStatus.DELIVERED:
             delivery = Delivery(key, ref, payload.trigger_at, self._clock(), result.reason[:1000])
             try:
@@ -204,7 +240,9 @@ class Notifier:
                 )
         return result
 
-    async def _deliver(self, payload: AlarmPayload, ref: str) -> SendResult:
+    def _prepare(self, payload: AlarmPayload, ref: str, now: datetime) -> _Prepared:
+        """The recipients and the rendered message, or the result that ends it (no recipient,
+        or a template that fails). Pure work, no I/O."""
         options = self._settings.notifyd
         addressing = address_reminder(payload, self._directory.entry(payload.calid), self._policy)
         if not addressing.recipients:
@@ -221,7 +259,7 @@ class Notifier:
                 ref,
                 self._settings.smtp.sender,
                 addressing.recipients,
-                self._clock(),
+                now,
                 templates=self._templates,
                 locale=addressing.locale,
                 tz=addressing.tz,
@@ -231,6 +269,14 @@ class Notifier:
         except Exception as exc:
             log.exception("cannot render the reminder for %s", ref)
             return SendResult(AckStatus.FAILED, f"cannot render the reminder: {type(exc).__name__}: {exc}")
+        return addressing, message
+
+    async def _deliver(self, payload: AlarmPayload, ref: str, prepared: _Prepared | None = None) -> SendResult:
+        if prepared is None:
+            prepared = self._prepare(payload, ref, self._clock())
+        if isinstance(prepared, SendResult):
+            return prepared
+        addressing, message = prepared
         try:
             result = await self._sender.send(message, addressing.recipients)
         except Exception as exc:

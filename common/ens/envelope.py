@@ -24,7 +24,7 @@ import re
 import socket
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -36,6 +36,10 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 # A notification property: how many times the publisher has handed this instance to
 # the bus, counting this one (alarmd sets it; 1 is the first publication).
 PUBLICATION = "publication"
+# A notification property: the instant (milliseconds since the epoch, UTC) before which a
+# subscriber should not act on it. alarmd sets it when it publishes an instance ahead of
+# its trigger (alarmd.publish_ahead); absent, act at once.
+NOT_BEFORE = "not_before"
 
 
 class EnvelopeError(ValueError):
@@ -88,6 +92,16 @@ class Notification:
         Without the property (another publisher) this is False."""
         publication = self.properties.get(PUBLICATION)
         return type(publication) is int and publication == 1 and not self.redelivered
+
+    def not_before(self) -> datetime | None:
+        """Property ``not_before`` as an aware UTC instant; None when absent or not a number."""
+        value = self.properties.get(NOT_BEFORE)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return None
+        try:
+            return datetime.fromtimestamp(value / 1000, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = {

@@ -5,7 +5,8 @@
 
 It joins the pool ``webhook`` (``enp+pool.webhook:///ics/eventalarm`` and ``…/todoalarm``):
 start it several times and each notification goes to one of them; notifications wait in
-the pool's durable queue while none runs. For each one it POSTs
+the pool's durable queue while none runs. For each one, at its ``not_before`` when it came
+ahead of its trigger, it POSTs
 ``{"ref", "summary", "trigger", "start", "recipients"}`` as JSON and acks end to end:
 
 - 2xx → ``delivered``;
@@ -90,6 +91,10 @@ class Webhook:
         except ValueError as exc:
             status, reason = AckStatus.FAILED, f"invalid payload: {exc}"
         else:
+            # alarmd publishes up to alarmd.publish_ahead (≤ 10 s) before the trigger: wait for it.
+            not_before = notification.not_before()
+            if not_before is not None:
+                await asyncio.sleep(min(max((not_before - datetime.now(UTC)).total_seconds(), 0.0), 10.0))
             # Answer well within the RENL timeout, or alarmd publishes the alarm again meanwhile.
             timeout = min(self.timeout, notification.renl.timeout / 2) if notification.renl else self.timeout
             try:

@@ -129,6 +129,23 @@ def test_an_unanswered_attempt_backs_off_before_the_next(queue: AlarmQueue) -> N
 # --- lanes -----------------------------------------------------------------------------------
 
 
+def test_ahead_claims_what_falls_due_that_soon_and_the_lease_counts_from_then(queue: AlarmQueue) -> None:
+    ahead = timedelta(seconds=1)
+    put_due(queue, "soon", NOW + timedelta(seconds=1))  # triggers are whole seconds
+    put_due(queue, "later", NOW + timedelta(seconds=3))
+    policy = ClaimPolicy(LEASE, ahead=ahead, late_after=timedelta(seconds=60))
+    assert uids(queue.claim(now=NOW - timedelta(milliseconds=1), limit=10, owner="t", policy=policy).claimed) == []
+    [claimed] = queue.claim(now=NOW, limit=10, owner="t", policy=policy).claimed
+    assert (claimed.uid, claimed.trigger) == ("soon", NOW + timedelta(seconds=1))
+    assert state_of(queue, "soon")[:2] == (State.INFLIGHT, 1)
+    assert state_of(queue, "soon")[3] == NOW + ahead + LEASE
+    # due again when that lease ends, claimed ``ahead`` before it as well
+    assert uids(
+        queue.claim(now=NOW + LEASE - timedelta(milliseconds=1), limit=10, owner="t", policy=policy).claimed
+    ) == ["later"]
+    assert uids(queue.claim(now=NOW + LEASE, limit=10, owner="t", policy=policy).claimed) == ["soon"]
+
+
 def test_on_time_first_then_backlog_most_recent_first_within_the_limit(queue: AlarmQueue) -> None:
     for minutes in (50, 40, 30, 20, 10):
         put_due(queue, f"late{minutes}", NOW - timedelta(minutes=minutes))

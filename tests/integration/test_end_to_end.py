@@ -132,6 +132,35 @@ async def test_unacked_notification_is_republished_and_a_late_ack_removes_it_onc
         await bus.close()
 
 
+@pytest.mark.parametrize(("database", "bus_kind"), [("sqlite", "memory"), ("postgres", "amqp")])
+async def test_an_instance_is_published_ahead_of_its_trigger_with_not_before(
+    request: pytest.FixtureRequest, database: str, bus_kind: str
+) -> None:
+    url = request.getfixturevalue("sqlite_url" if database == "sqlite" else "clean_postgres_url")
+    bus = create_bus(bus_url(bus_kind))
+    await bus.start()
+    received: list[tuple[Notification, datetime]] = []
+
+    async def note(notification: Notification) -> None:
+        received.append((notification, datetime.now(UTC)))
+
+    await bus.subscribe("enp+pool.notifyd:///ics/eventalarm", note)
+    try:
+        async with embedded(url, bus, "smtp://127.0.0.1:9", with_notifier=False) as dispatcher:
+            ahead = timedelta(seconds=dispatcher.settings.publish_ahead)
+            assert ahead == timedelta(seconds=1)  # the default
+            ics, trigger = due_in(2.5, "ahead-1")
+            assert (await asyncio.to_thread(dispatcher.queue.put, "jac", ics, now=datetime.now(UTC))).added == 1
+            await eventually(lambda: len(received) == 1, what="the publication")
+            [(notification, at)] = received
+            assert notification.not_before() == trigger
+            assert trigger - ahead - timedelta(milliseconds=50) <= at < trigger  # ahead, but not more
+            assert notification.renl is not None
+            assert notification.renl.timeout == dispatcher.settings.ack_timeout + dispatcher.settings.publish_ahead
+    finally:
+        await bus.close()
+
+
 def _collect(into: list[Notification]) -> Callable[[Notification], Awaitable[None]]:
     async def handler(notification: Notification) -> None:
         into.append(notification)

@@ -7,15 +7,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from common.ens.envelope import Ack, AckStatus, Notification, Renl
+from common.ens.envelope import NOT_BEFORE, Ack, AckStatus, Notification, Renl
 from common.ens.memory import MemoryBus
 from common.ens.reference import EventReference
 from common.payload import AlarmPayload
@@ -68,7 +72,11 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def running_notifier(
-    *, notifyd: NotifydSettings = COLLEAGUES, directory: Directory | None = None, **server_options: Any
+    *,
+    notifyd: NotifydSettings = COLLEAGUES,
+    directory: Directory | None = None,
+    clock: Callable[[], datetime] = lambda: NOW,
+    **server_options: Any,
 ) -> AsyncIterator[Harness]:
     async with recording_smtp_server(**server_options) as server:
         settings = Settings(
@@ -77,7 +85,7 @@ async def running_notifier(
         bus = MemoryBus()
         await bus.start()
         sender = SmtpSender(settings.smtp)
-        notifier = Notifier(bus, sender, settings, clock=lambda: NOW, directory=directory)
+        notifier = Notifier(bus, sender, settings, clock=clock, directory=directory)
         harness = Harness(bus, notifier, server)
         notifier.on_delivered = lambda payload, ref: harness.delivered.append((payload, ref))
 
@@ -110,6 +118,43 @@ async def test_notification_is_emailed_and_acked_delivered() -> None:
         assert message["Subject"] == "Reminder: Team meeting"
         assert h.notifier.delivered == 1
         assert [ref for _payload, ref in h.delivered] == [str(sent.ref)]
+
+
+def held_until(payload: dict[str, Any], renl_id: str, not_before: datetime) -> Notification:
+    """As alarmd publishes an instance ahead of its trigger."""
+    sent = notification(payload, renl_id)
+    return replace(sent, properties={**sent.properties, NOT_BEFORE: math.ceil(not_before.timestamp() * 1000)})
+
+
+async def test_a_notification_published_ahead_is_prepared_and_sent_at_its_not_before() -> None:
+    real_clock = lambda: datetime.now(UTC)  # noqa: E731
+    async with running_notifier(clock=real_clock, notifyd=replace(COLLEAGUES, concurrency=2)) as h:
+        due = datetime.now(UTC) + timedelta(seconds=0.6)
+        for i in range(5):  # more than the concurrency: holding takes no slot
+            await h.bus.publish(held_until(alarm_payload(uid=f"held{i}"), f"{i}:1", due))
+        await h.bus.publish(notification(alarm_payload(uid="now"), "9:1"))  # no not_before: at once
+        [(first, _)] = await h.server.wait_for(1, WAIT)
+        assert "uid=now" in first["X-Alarm-Ref"]
+        assert datetime.now(UTC) < due
+        received = await h.server.wait_for(6, WAIT)
+        arrived = datetime.now(UTC)
+        assert due <= arrived < due + timedelta(seconds=0.5)
+        for message, _ in received[1:]:
+            assert parsedate_to_datetime(message["Date"]) >= due.replace(microsecond=0)  # dated when sent
+        assert sorted([(await h.next_ack()).status for _ in range(6)]) == [AckStatus.DELIVERED] * 6
+
+
+async def test_a_not_before_too_far_ahead_is_held_only_so_long(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("notifyd.service.PUBLISH_AHEAD_MAX", 0.3)
+    async with running_notifier(clock=lambda: datetime.now(UTC)) as h:
+        began = time.monotonic()
+        await h.bus.publish(held_until(alarm_payload(), "1:1", datetime.now(UTC) + timedelta(hours=1)))
+        await h.server.wait_for(1, WAIT)
+        assert 0.3 <= time.monotonic() - began < 2.0
+        assert (await h.next_ack()).status is AckStatus.DELIVERED
+    assert any("is the publisher's clock ahead?" in r.getMessage() for r in caplog.records)
 
 
 async def test_owner_gets_the_reminder_when_no_recipients_are_named() -> None:

@@ -27,7 +27,7 @@ from alarmd.queue import AlarmQueue, ClaimedAlarm
 from alarmd.triggers import PlannedAlarm, plan_alarms
 from common.ens import Ack, AckStatus, EnvelopeError, EventReference, Notification, Renl, standard_properties
 from common.ens.amqp import AmqpBus
-from common.ens.envelope import VERSION
+from common.ens.envelope import NOT_BEFORE, VERSION
 from common.payload import PAYLOAD_VERSION, AlarmPayload, PayloadError, format_utc
 from common.settings import AlarmdSettings, NotifydSettings, Settings
 from notifyd.service import Notifier
@@ -144,11 +144,14 @@ class NoQueue:
         return lambda *args, **kwargs: None
 
 
-async def published(alarm: PlannedAlarm, attempt: int = 1, bus: RecordingAmqpBus | None = None) -> Notification:
+async def published(
+    alarm: PlannedAlarm, attempt: int = 1, bus: RecordingAmqpBus | None = None, ahead: float = 0.0
+) -> Notification:
     """The notification alarmd's dispatcher publishes for attempt ``attempt`` of ``alarm``
-    (instance 7), as a subscriber reads it back from the wire."""
+    (instance 7) ``ahead`` seconds before its trigger, as a subscriber reads it back from the wire."""
     bus = bus or RecordingAmqpBus()
-    dispatcher = Dispatcher(cast(AlarmQueue, NoQueue()), bus, AlarmdSettings(), clock=lambda: NOW)
+    now = alarm.trigger - timedelta(seconds=ahead)
+    dispatcher = Dispatcher(cast(AlarmQueue, NoQueue()), bus, AlarmdSettings(), clock=lambda: now)
     claimed = ClaimedAlarm(
         id=7,
         attempt=attempt,
@@ -188,6 +191,19 @@ async def test_notifications_the_dispatcher_publishes_validate() -> None:
     assert len(bus.sent) == len(alarms)
     for body in bus.bodies():
         assert errors(NOTIFICATION, body) == [], body
+
+
+async def test_a_notification_published_ahead_says_when_to_act_and_validates() -> None:
+    alarm = planned()[0]
+    early = await published(alarm, ahead=0.75)
+    assert early.properties[NOT_BEFORE] == int(alarm.trigger.timestamp() * 1000)
+    assert early.not_before() == alarm.trigger
+    assert errors(NOTIFICATION, json.loads(early.to_json())) == []
+    assert early.renl is not None
+    assert early.renl.timeout == AlarmdSettings().ack_timeout + AlarmdSettings().publish_ahead
+    on_time = await published(alarm)
+    assert NOT_BEFORE not in on_time.properties
+    assert on_time.not_before() is None
 
 
 async def test_notifications_without_optional_parts_validate() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -28,6 +27,7 @@ import sqlalchemy as sa
 from common.ens.abc import Bus, BusUnavailable, Subscription
 from common.ens.envelope import AckStatus, Notification, standard_properties
 from common.ens.reference import EVENT_ALARM, TODO_ALARM
+from common.logs import without_addresses
 from common.metrics import NotifydMetrics
 from common.payload import AlarmPayload, PayloadError, format_utc
 from common.settings import PUBLISH_AHEAD_MAX, Settings
@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 PROCESS = "notifyd"
 STOP_GRACE = 30.0
 PURGE_EVERY = 3600.0  # seconds between purges of expired delivery records
-_ADDRESS = re.compile(r"\S+@\S+")
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 DUPLICATE = "duplicate: "  # how the reason of an ack for a reminder mailed before begins
 
 
@@ -320,12 +318,7 @@ class Notifier:
             log.info("acked renl=%s %s", renl, result.status, extra=fields)
         else:
             # Reasons can quote server replies naming recipients: keep addresses out of the log.
-            log.info("acked renl=%s %s: %s", renl, result.status, _loggable(result.reason), extra=fields)
-
-
-def _loggable(reason: str) -> str:
-    """``reason`` on one line with every address replaced by ``<address>``."""
-    return _ADDRESS.sub("<address>", " ".join(_CONTROLS.sub(" ", reason).split()))
+            log.info("acked renl=%s %s: %s", renl, result.status, without_addresses(result.reason), extra=fields)
 
 
 def _with_refusals(result: SendResult, addressing: Addressing) -> SendResult:

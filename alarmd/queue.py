@@ -399,7 +399,11 @@ class AlarmQueue:
             # a new query text for the driver to parse every time (2,600 rows/s), and
             # array parameters are escaped element by element in Python (4,000 rows/s).
             document = json.dumps(
-                [{**{name: row[name] for name in _BULK_FIELDS}, "trigger_at": _iso(row["trigger_at"])} for row in rows]
+                # trigger_at as the payload spells it (canonical UTC, see _single_row)
+                [
+                    {**{name: row[name] for name in _BULK_FIELDS}, "trigger_at": row["payload"]["trigger"]}
+                    for row in rows
+                ]
             )
             with self.engine.begin() as conn:
                 added = int(conn.execute(_PG_BULK_ENQUEUE, {"rows": document, "now": now}).scalar_one())
@@ -1322,9 +1326,8 @@ def _chosen(select: sa.Select[tuple[int]]) -> sa.CTE:
 
 def _single_row(payload: AlarmPayload, now: datetime) -> dict[str, Any] | None:
     """The ``alarms`` row of one enqueued payload, None when its trigger is past; checks it."""
-    data = payload.to_dict()
     try:
-        AlarmPayload.from_dict(data)  # the checks notifyd makes on arrival, made before queuing
+        trigger = payload.check()  # the checks notifyd makes on arrival, made before queuing
     except PayloadError as exc:
         raise InvalidAlarm(f"alarm {payload.calid!r}/{payload.uid!r}: {exc}") from None
     for name, limit in (("calid", 255), ("uid", 255), ("aid", 255), ("rid", 32)):
@@ -1332,10 +1335,11 @@ def _single_row(payload: AlarmPayload, now: datetime) -> dict[str, Any] | None:
             raise InvalidAlarm(f"alarm {payload.calid[:50]!r}/{payload.uid[:50]!r}: {name} is over {limit} characters")
     if not payload.calid or not payload.uid or not payload.aid:
         raise InvalidAlarm(f"alarm {payload.calid!r}/{payload.uid!r}: calid, uid and aid must not be empty")
-    trigger = payload.trigger_at
     if trigger < now:
         return None
-    data["trigger"] = _trigger_text(trigger)  # one spelling on the wire and in notifyd's dedup key
+    data = payload.to_dict()
+    if not _CANONICAL_TRIGGER.fullmatch(payload.trigger):
+        data["trigger"] = _trigger_text(trigger)  # one spelling on the wire and in notifyd's dedup key
     return {
         "calid": payload.calid,
         "uid": payload.uid,
@@ -1351,6 +1355,10 @@ def _single_row(payload: AlarmPayload, now: datetime) -> dict[str, Any] | None:
         "created_at": now,
         "updated_at": now,
     }
+
+
+# What _trigger_text writes for a whole second: such a trigger is kept as given.
+_CANONICAL_TRIGGER = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 
 
 def _trigger_text(trigger: datetime) -> str:

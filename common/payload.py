@@ -68,29 +68,31 @@ class AlarmPayload:
         version = data.get("v")
         if type(version) is not int or version != PAYLOAD_VERSION:  # True and 1.0 equal 1
             raise PayloadError(f"payload version {version!r} is not {PAYLOAD_VERSION}")
-        values: dict[str, Any] = {}
-        for name in _FIELD_NAMES:
-            if name not in data:
-                continue
-            value = data[name]
-            if name == "recipients":
-                if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
-                    raise PayloadError("payload 'recipients' must be a list of strings")
-            elif name == "v":
-                pass
-            elif not isinstance(value, str):
-                raise PayloadError(f"payload {name!r} must be a string")
-            values[name] = value
-        for required in ("calid", "uid", "rid", "aid", "component", "action", "trigger"):
+        values = {name: data[name] for name in _FIELD_NAMES if name in data}
+        for required in _REQUIRED:
             if required not in values:
                 raise PayloadError(f"payload lacks {required!r}")
-        if values["component"] not in ("event", "todo"):
-            raise PayloadError(f"payload 'component' must be event or todo, not {values['component']!r}")
+        payload = cls(**values)
+        payload.check()
+        return payload
+
+    def check(self) -> datetime:
+        """Raise :class:`PayloadError` unless every field has its type, ``component`` is
+        event or todo and ``trigger`` an instant; return that instant. What notifyd checks
+        on arrival and alarmd before it queues a payload."""
+        if type(self.v) is not int or self.v != PAYLOAD_VERSION:
+            raise PayloadError(f"payload version {self.v!r} is not {PAYLOAD_VERSION}")
+        for name in _TEXT_FIELDS:
+            if not isinstance(getattr(self, name), str):
+                raise PayloadError(f"payload {name!r} must be a string")
+        if not isinstance(self.recipients, list | tuple) or not all(isinstance(r, str) for r in self.recipients):
+            raise PayloadError("payload 'recipients' must be a list of strings")
+        if self.component not in ("event", "todo"):
+            raise PayloadError(f"payload 'component' must be event or todo, not {self.component!r}")
         try:
-            parse_utc(values["trigger"])
+            return parse_utc(self.trigger)
         except (ValueError, OverflowError):  # 9999-12-31T23:59:59-10:00 is past the last UTC instant
-            raise PayloadError(f"payload 'trigger' {values['trigger']!r} is not an ISO 8601 UTC instant") from None
-        return cls(**values)
+            raise PayloadError(f"payload 'trigger' {self.trigger!r} is not an ISO 8601 UTC instant") from None
 
     @property
     def trigger_at(self) -> datetime:
@@ -98,3 +100,5 @@ class AlarmPayload:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(AlarmPayload))
+_TEXT_FIELDS = tuple(name for name in _FIELD_NAMES if name not in ("recipients", "v"))
+_REQUIRED = ("calid", "uid", "rid", "aid", "component", "action", "trigger")

@@ -7,6 +7,22 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 
 _PARSER = BytesParser(_class=EmailMessage, policy=policy.default)
+# The headers notifyd writes at the top of a reminder (notifyd/email.py, notifyd/mime.py), once each.
+REMINDER_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "subject",
+        "date",
+        "message-id",
+        "auto-submitted",
+        "x-alarm-ref",
+        "x-alarm-trigger",
+        "content-language",
+        "mime-version",
+        "content-type",
+    }
+)
 
 
 def parse_message(raw: bytes) -> EmailMessage:

@@ -15,7 +15,7 @@ import pytest
 from common.payload import AlarmPayload
 from notifyd.email import DESCRIPTION_MAX, SUBJECT_MAX, clean_header, clean_text, occurrence_ics, render_reminder
 from notifyd.templates import Templates
-from tests.messages import parse_message
+from tests.messages import REMINDER_HEADERS, parse_message
 from tests.payloads import sample_payload
 
 NOW = datetime(2026, 11, 23, 9, 45, 0, tzinfo=UTC)
@@ -24,19 +24,7 @@ SENDER = "Calendar reminders <calalarm@example.com>"
 NNBSP = "\u202f"  # CLDR puts a narrow no-break space before AM/PM
 THIN = "\u2009"  # … and thin spaces around the dash of a date interval
 CET_EN = "Central European Standard Time"
-EXPECTED_HEADERS = {
-    "from",
-    "to",
-    "subject",
-    "date",
-    "message-id",
-    "auto-submitted",
-    "x-alarm-ref",
-    "x-alarm-trigger",
-    "mime-version",
-    "content-type",
-    "content-language",
-}
+EXPECTED_HEADERS = REMINDER_HEADERS
 # The parts, depth first, of a reminder with and without the calendar attachment.
 ALTERNATIVE_PARTS = ["multipart/alternative", "text/plain", "text/html"]
 MIXED_PARTS = ["multipart/mixed", "multipart/alternative", "text/plain", "text/html", "text/calendar"]

@@ -33,6 +33,7 @@ from jinja2 import (
     FileSystemLoader,
     PackageLoader,
     StrictUndefined,
+    Template,
     TemplateSyntaxError,
     select_autoescape,
 )
@@ -87,6 +88,7 @@ class Templates:
             auto_reload=False,
         )
         self._directories = self._discover()
+        self._loaded: dict[tuple[str, str, str], Template] = {}
         self.locales = frozenset(self._directories)
         self.default_locale = self._closest(default_locale)
         if not self.default_locale:
@@ -125,14 +127,33 @@ class Templates:
         return language if language in self.locales else ""
 
     def render(self, kind: str, locale: str, context: Mapping[str, Any]) -> Rendered:
-        """Subject, text and HTML of a ``kind`` reminder in ``locale`` (an available one)."""
+        """Subject, text and HTML of a ``kind`` reminder in ``locale`` (an available one).
+
+        The three parts share one dict of names (the environment's globals, ``context``
+        and ``locale``), built once: a template's own ``{% set %}`` goes to its own
+        context, never into that dict, so one part cannot change what the next sees.
+        This is what ``Template.render`` does, without its two copies of the names and
+        its template lookup per part: half of the rendering time.
+        """
         if kind not in KINDS:
             raise ValueError(f"no template kind {kind!r}")
-        parts = {}
-        for part in PARTS:
-            name = f"{self._directories[locale]}/{kind}.{part}.j2"
-            parts[part] = self._env.get_template(name).render({**context, "locale": locale})
-        return Rendered(parts["subject"], parts["txt"], parts["html"])
+        names = {**self._env.globals, **context, "locale": locale}
+        subject, text, html = (self._render(self._template(locale, kind, part), names) for part in PARTS)
+        return Rendered(subject, text, html)
+
+    def _template(self, locale: str, kind: str, part: str) -> Template:
+        key = (locale, kind, part)
+        template = self._loaded.get(key)
+        if template is None:
+            template = self._loaded[key] = self._env.get_template(f"{self._directories[locale]}/{kind}.{part}.j2")
+        return template
+
+    def _render(self, template: Template, names: dict[str, Any]) -> str:
+        context = template.new_context(names, shared=True)
+        try:
+            return self._env.concat(template.root_render_func(context))
+        except Exception:  # noqa: BLE001 - re-raised with the template's file and line, as Template.render does
+            self._env.handle_exception()
 
     def check(self, sample: Mapping[str, Any]) -> None:
         """Render ``sample`` through every template; raise :class:`TemplateError` naming the one that fails."""

@@ -220,6 +220,47 @@ def test_override_of_the_shared_layout_applies_to_every_locale(tmp_path: Path) -
     assert templates.render("todo", "de", sample_context()).html == '<p lang="de">Aufgaben-Erinnerung: Sample</p>\n'
 
 
+def test_a_name_one_part_sets_does_not_reach_the_next_part(tmp_path: Path) -> None:
+    # The three parts share one dict of names: a template's {% set %} must stay its own.
+    write(tmp_path / "en" / "event.subject.j2", '{% set title = "changed" %}{% set extra = 1 %}{{ title }}\n')
+    write(tmp_path / "en" / "event.txt.j2", "{{ title }} {{ extra is defined }}\n")
+    templates = Templates(tmp_path)
+    rendered = templates.render("event", "en", sample_context())
+    assert (rendered.subject, rendered.text) == ("changed\n", "Sample False\n")
+    assert "Reminder: Sample" in rendered.html
+    assert templates.render("event", "en", sample_context()) == rendered
+
+
+def test_the_details_table_lists_only_rows_with_a_value() -> None:
+    html = Templates().render("todo", "en", {**sample_context(), "start": "", "zone": "UTC", "location": ""}).html
+    labels = re.findall(r"<th[^>]*>([^<]*)</th>", html)
+    assert labels == ["Due", "Organizer"]
+    assert re.search(r"<td[^>]*> \(UTC\)</td>", html) is None
+
+
+def test_an_override_can_replace_the_details_table_block(tmp_path: Path) -> None:
+    write(
+        tmp_path / "en" / "event.html.j2",
+        '{% extends "layout.html.j2" %}{% block fields %}<tr><td>{{ location }}</td></tr>{% endblock %}',
+    )
+    templates = Templates(tmp_path)
+    templates.check(sample_context())
+    html = templates.render("event", "en", sample_context()).html
+    assert "<tr><td>Room 1</td></tr>" in html
+    assert "<th" not in html
+
+
+def test_an_override_still_including_the_removed_field_template_fails_the_check(tmp_path: Path) -> None:
+    # field.html.j2 was removed (the layout lays out `rows`): an old override must stop notifyd, not send.
+    write(
+        tmp_path / "en" / "event.html.j2",
+        '{% extends "layout.html.j2" %}{% block fields %}'
+        '{% with label="When", value=when %}{% include "field.html.j2" %}{% endwith %}{% endblock %}',
+    )
+    with pytest.raises(TemplateError, match=r"en/event\.\*\.j2: .*field\.html\.j2"):
+        Templates(tmp_path).check(sample_context())
+
+
 def test_new_complete_locale_is_added(tmp_path: Path) -> None:
     copy_locale("en", tmp_path / "it")
     write(tmp_path / "it" / "event.subject.j2", "Promemoria: {{ title }}\n")

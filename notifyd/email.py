@@ -56,6 +56,9 @@ _DOMAIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 def clean_header(value: str, limit: int) -> str:
     """``value`` made safe for a header: encoded words decoded, controls and line breaks
     turned into spaces, runs of white space collapsed, at most ``limit`` characters."""
+    if value.isascii() and value.isprintable() and "=?" not in value and "  " not in value:
+        # Most values: printable ASCII holds no control and no white space but the space.
+        return _cap(value.strip(" "), limit)
     text = _decode_encoded_words(value)
     text = " ".join(_HEADER_UNSAFE.sub(" ", text).split())
     return _cap(text, limit)

@@ -22,6 +22,8 @@ _BASE = re.compile(r"^(/[A-Za-z0-9_-]+)+$")
 # What urllib.parse.quote leaves as it is (unreserved, plus the safe characters given).
 _KEY_AS_IS = re.compile(r"[A-Za-z0-9_.~-]*")
 _VALUE_AS_IS = re.compile(r"[A-Za-z0-9_.~@:,;-]*")
+# A reference without a pool whose query needs no unquoting: nothing but these characters.
+_PLAIN_REFERENCE = re.compile(r"enp://(/[A-Za-z0-9_/-]*)(?:\?([A-Za-z0-9_.~@:,;=&-]*))?")
 
 
 class InvalidReference(ValueError):
@@ -48,6 +50,13 @@ class EventReference:
     @classmethod
     def parse(cls, text: str) -> EventReference:
         """Parse ``enp:///base?k=v&...`` or ``enp+pool.NAME:///base?...``."""
+        plain = _PLAIN_REFERENCE.fullmatch(text)
+        if plain is not None:
+            # The common case (what __str__ writes when no value needs quoting), without
+            # urllib: a third of a notification's parse time.
+            pairs = [pair.partition("=") for pair in plain.group(2).split("&")] if plain.group(2) else []
+            if all(sep for _key, sep, _value in pairs):
+                return cls(base=plain.group(1), params=tuple((key, value) for key, _sep, value in pairs))
         parts = urlsplit(text)
         pool: str | None = None
         if parts.scheme.startswith(POOL_SCHEME_PREFIX):

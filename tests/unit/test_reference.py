@@ -1,9 +1,12 @@
+import re
+from unittest import mock
 from urllib.parse import quote
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.ens import reference as reference_module
 from common.ens.reference import EventReference, InvalidReference
 
 
@@ -44,7 +47,16 @@ def test_pool_is_parsed_from_the_scheme() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["http:///ics/eventalarm", "enp://host/ics/eventalarm", "enp:///", "enp+pool.a b:///x", "enp:///x?a=1&a=2"],
+    [
+        "http:///ics/eventalarm",
+        "enp://host/ics/eventalarm",
+        "enp:///",
+        "enp+pool.a b:///x",
+        "enp:///x?a=1&a=2",
+        "enp:///ics/eventalarm??",
+        "enp:///ics/eventalarm?a",
+        "enp:///ics/eventalarm?a=1&&b=2",
+    ],
 )
 def test_invalid_references_are_rejected(text: str) -> None:
     with pytest.raises(InvalidReference):
@@ -65,3 +77,22 @@ def test_a_plus_in_a_calendar_id_survives_the_round_trip() -> None:
     reference = EventReference.alarm("event", "bob+work@example.com", "u", "", "1")
     assert "calid=bob%2Bwork@example.com" in str(reference)
     assert EventReference.parse(str(reference)).get("calid") == "bob+work@example.com"
+
+
+def _parsed_by_urllib(text: str) -> EventReference | str:
+    with mock.patch.object(reference_module, "_PLAIN_REFERENCE", re.compile("(?!)")):
+        return _parsed(text)
+
+
+def _parsed(text: str) -> EventReference | str:
+    try:
+        return EventReference.parse(text)
+    except InvalidReference:
+        return "invalid"
+
+
+@given(st.text(alphabet="enp+ol.:/?&=%2#\t\n é-_~@,;ab", max_size=30), st.booleans())
+def test_a_plain_reference_reads_as_urllib_reads_it(tail: str, prefixed: bool) -> None:
+    # parse() reads the common, unquoted form itself: it must agree with urllib on everything.
+    text = ("enp:///ics/eventalarm?" if prefixed else "") + tail
+    assert _parsed(text) == _parsed_by_urllib(text)

@@ -6,7 +6,15 @@ same calls for asyncio); the README's "From calendar code" has a runnable exampl
 
 from alarmd.aio import AsyncAlarmQueue
 from alarmd.ical import CalendarError
-from alarmd.queue import AlarmQueue, EnqueueResult, InvalidAlarm, InvalidLocale, PutResult, UnknownTimeZone
+from alarmd.queue import (
+    AlarmQueue,
+    EnqueueResult,
+    InvalidAlarm,
+    InvalidLocale,
+    MissingPrivilege,
+    PutResult,
+    UnknownTimeZone,
+)
 from common.payload import AlarmPayload
 
 __all__ = [
@@ -17,6 +25,7 @@ __all__ = [
     "EnqueueResult",
     "InvalidAlarm",
     "InvalidLocale",
+    "MissingPrivilege",
     "PutResult",
     "UnknownTimeZone",
 ]

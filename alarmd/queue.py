@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from enum import StrEnum
@@ -40,15 +41,23 @@ log = logging.getLogger(__name__)
 
 LIVE_STATES = ("pending", "inflight")
 ENQUEUE_CHUNK = 5000  # single alarms per INSERT transaction
-_BULK_FIELDS = ("calid", "uid", "rid", "aid", "component", "action", "payload")
-_PG_BULK_ENQUEUE = sa.text(
+# Bulk enqueue on PostgreSQL: COPY a chunk into a temporary table (text rows, parsed by
+# the server far faster than one INSERT or one JSON document), then move it into alarms,
+# skipping instances already queued, and log each added one. ON COMMIT DELETE ROWS: the
+# table is the connection's own and empty again after every chunk.
+_PG_INCOMING = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS calalarm_incoming (calid text, uid text, rid text, aid text, "
+    "component text, action text, trigger_at timestamptz, payload json) ON COMMIT DELETE ROWS"
+)
+_INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE
+_PG_COPY_INCOMING = "COPY calalarm_incoming (calid, uid, rid, aid, component, action, trigger_at, payload) FROM STDIN"
+_PG_ENQUEUE_INCOMING = sa.text(
     """
     WITH added AS (
         INSERT INTO alarms (calid, uid, rid, aid, component, action, trigger_at, state, next_at, attempts,
                             payload, created_at, updated_at)
         SELECT calid, uid, rid, aid, component, action, trigger_at, 'pending', trigger_at, 0, payload, :now, :now
-        FROM json_to_recordset(CAST(:rows AS json)) AS x(calid text, uid text, rid text, aid text, component text,
-                                                       action text, trigger_at timestamptz, payload json)
+        FROM calalarm_incoming
         ON CONFLICT (calid, uid, rid, aid, trigger_at) DO NOTHING
         RETURNING id, calid, uid, rid, aid, trigger_at
     ), logged AS (
@@ -228,6 +237,10 @@ class InvalidAlarm(ValueError):
     """A single alarm given to :meth:`AlarmQueue.enqueue` that cannot be queued; says which and why."""
 
 
+class MissingPrivilege(PermissionError):
+    """The database role lacks a right a method needs; the message says which and the GRANT that gives it."""
+
+
 @dataclass(frozen=True)
 class _Audience:
     """Who reads an object's reminders: the owner's address (DISPLAY alarms) and their language."""
@@ -372,55 +385,106 @@ class AlarmQueue:
         writes the reminder from it). An instance already queued (same calid, uid, rid,
         aid and trigger) is skipped, so enqueuing again is harmless; so is one whose
         trigger is before ``now`` (as :meth:`put` does). A payload that is not valid
-        raises :class:`InvalidAlarm` before anything of its chunk is written. Rows go in
-        ``chunk`` at a time, one transaction each. :meth:`remove` forgets them by calid
-        and uid like any other; nothing re-plans them.
+        raises :class:`InvalidAlarm` before anything of its chunk is written (the chunks
+        before it are). Rows go in ``chunk`` at a time, one transaction each.
+        :meth:`remove` forgets them by calid and uid like any other; nothing re-plans them.
+
+        On PostgreSQL a chunk goes in with COPY through a temporary table (the role needs
+        the TEMPORARY privilege; :class:`MissingPrivilege` names the GRANT), and the next
+        one is checked and built on the caller's thread while a worker thread writes it,
+        one chunk at a time, in order: the Python side and the server's side each took
+        about half of the time when they ran one after the other.
         """
         result = EnqueueResult()
-        batch: list[dict[str, Any]] = []
+        chunks = self._enqueue_chunks(items, now, chunk, result)
+        try:
+            if self.engine.dialect.name != "postgresql":
+                # SQLite writes in this process: nothing to overlap (and an in-memory
+                # database is a different one in another thread).
+                for rows in chunks:
+                    self._count_insert(rows, self._insert_singles(rows, now), result)
+                return result
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="enqueue") as writer:
+                writing: tuple[list[dict[str, Any]], Future[int]] | None = None
+                try:
+                    for rows in chunks:
+                        lines = [_copy_line(row) for row in rows]  # here: the worker is left only the I/O
+                        if writing is not None:
+                            (written, added), writing = writing, None
+                            self._count_insert(written, added.result(), result)
+                        writing = rows, writer.submit(self._copy_singles, lines, now)
+                finally:
+                    if writing is not None:  # also when a later chunk failed: it is written all the same
+                        self._count_insert(writing[0], writing[1].result(), result)
+            return result
+        finally:
+            if result.added:
+                self._changed(added=result.added)
+
+    @staticmethod
+    def _enqueue_chunks(
+        items: Iterable[AlarmPayload], now: datetime, chunk: int, result: EnqueueResult
+    ) -> Iterator[list[dict[str, Any]]]:
+        """The rows of ``items`` in lists of ``chunk``; a past trigger counted as skipped."""
+        rows: list[dict[str, Any]] = []
         for payload in items:
             row = _single_row(payload, now)
             if row is None:
                 result.skipped += 1
                 continue
-            batch.append(row)
-            if len(batch) >= chunk:
-                self._insert_singles(batch, now, result)
-                batch = []
-        if batch:
-            self._insert_singles(batch, now, result)
-        if result.added:
-            self._changed(added=result.added)
-        return result
+            rows.append(row)
+            if len(rows) >= chunk:
+                yield rows
+                rows = []
+        if rows:
+            yield rows
 
-    def _insert_singles(self, rows: list[dict[str, Any]], now: datetime, result: EnqueueResult) -> None:
-        if self.engine.dialect.name == "postgresql":
-            # One statement per chunk, its rows as one JSON parameter: a multi-row VALUES is
-            # a new query text for the driver to parse every time (2,600 rows/s), and
-            # array parameters are escaped element by element in Python (4,000 rows/s).
-            document = json.dumps(
-                # trigger_at as the payload spells it (canonical UTC, see _single_row)
-                [
-                    {**{name: row[name] for name in _BULK_FIELDS}, "trigger_at": row["payload"]["trigger"]}
-                    for row in rows
-                ]
-            )
-            with self.engine.begin() as conn:
-                added = int(conn.execute(_PG_BULK_ENQUEUE, {"rows": document, "now": now}).scalar_one())
-                if added:
-                    _notify_dispatchers(conn)
-        else:
-            stmt = (
-                sqlite.insert(alarms)
-                .on_conflict_do_nothing(index_elements=["calid", "uid", "rid", "aid", "trigger_at"])
-                .returning(*_KEY)
-            )
-            with self.engine.begin() as conn:
-                keys = [tuple(r) for r in conn.execute(stmt, rows)]
-                self._history(conn, keys, "queued", now, detail="single alarm")
-            added = len(keys)
+    @staticmethod
+    def _count_insert(rows: list[dict[str, Any]], added: int, result: EnqueueResult) -> None:
         result.added += added
         result.skipped += len(rows) - added
+
+    def _insert_singles(self, rows: list[dict[str, Any]], now: datetime) -> int:
+        """Insert one chunk in one transaction on SQLite; how many rows were new."""
+        stmt = (
+            sqlite.insert(alarms)
+            .on_conflict_do_nothing(index_elements=["calid", "uid", "rid", "aid", "trigger_at"])
+            .returning(*_KEY)
+        )
+        with self.engine.begin() as conn:
+            keys = [tuple(r) for r in conn.execute(stmt, rows)]
+            self._history(conn, keys, "queued", now, detail="single alarm")
+        return len(keys)
+
+    def _copy_singles(self, lines: list[tuple[str, ...]], now: datetime) -> int:
+        """Insert one chunk (:func:`_copy_line` rows) in one transaction on PostgreSQL; how
+        many were new. One COPY per chunk (see _PG_INCOMING): a multi-row VALUES is a new
+        query text for the server to parse every time (2,600 rows/s), array parameters are
+        escaped element by element in Python (4,000 rows/s), and one JSON document of the
+        rows took the server half again as long as COPY and INSERT … SELECT together."""
+        with self.engine.begin() as conn:
+            try:
+                conn.exec_driver_sql(_PG_INCOMING)
+            except sa.exc.ProgrammingError as exc:
+                if getattr(exc.orig, "sqlstate", None) != _INSUFFICIENT_PRIVILEGE:
+                    raise
+                url = self.engine.url
+                raise MissingPrivilege(
+                    "bulk enqueue on PostgreSQL writes through a temporary table, and this database role may "
+                    f"not create one: GRANT TEMPORARY ON DATABASE {url.database or '<database>'} "
+                    f"TO {url.username or '<role>'} (PostgreSQL grants it to every role unless it was revoked)"
+                ) from None
+            cursor = conn.connection.cursor()
+            try:
+                with cursor.copy(_PG_COPY_INCOMING) as copy:
+                    for line in lines:
+                        copy.write_row(line)
+            finally:
+                cursor.close()
+            added = int(conn.execute(_PG_ENQUEUE_INCOMING, {"now": now}).scalar_one())
+            if added:
+                _notify_dispatchers(conn)
+        return added
 
     def extend_horizon(self, *, now: datetime, batch: int = 200) -> int:
         """Materialise recurring series up to ``now + horizon``; return how many series were re-planned.
@@ -1355,6 +1419,22 @@ def _single_row(payload: AlarmPayload, now: datetime) -> dict[str, Any] | None:
         "created_at": now,
         "updated_at": now,
     }
+
+
+def _copy_line(row: dict[str, Any]) -> tuple[str, ...]:
+    """A :func:`_single_row` as a row of ``calalarm_incoming``; trigger_at as the payload
+    spells it (canonical UTC)."""
+    payload = row["payload"]
+    return (
+        row["calid"],
+        row["uid"],
+        row["rid"],
+        row["aid"],
+        row["component"],
+        row["action"],
+        payload["trigger"],
+        json.dumps(payload),
+    )
 
 
 # What _trigger_text writes for a whole second: such a trigger is kept as given.

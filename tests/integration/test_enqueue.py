@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
-from alarmd import AlarmPayload, AlarmQueue, InvalidAlarm
+from alarmd import AlarmPayload, AlarmQueue, InvalidAlarm, MissingPrivilege
 from alarmd.queue import ClaimPolicy
 from common.db.tables import alarm_history
 from common.payload import format_utc
-from tests.calendars import utc
+from tests.calendars import display, event, utc
 
 NOW = utc("2026-11-23T10:00:00Z")
 LEASE = timedelta(seconds=60)
@@ -61,6 +63,25 @@ def test_many_alarms_go_in_chunks(queue: AlarmQueue) -> None:
     assert queue.stats(now=NOW)["states"]["pending"] == 2500
 
 
+def test_chunks_count_what_each_added_and_skipped(queue: AlarmQueue) -> None:
+    # On PostgreSQL one chunk is written while the next is built: the counts must still add up.
+    queue.enqueue((alarm(f"u{n}", timedelta(seconds=n + 1)) for n in range(0, 2500, 2)), now=NOW)
+    result = queue.enqueue((alarm(f"u{n}", timedelta(seconds=n + 1)) for n in range(2500)), now=NOW, chunk=300)
+    assert (result.added, result.skipped) == (1250, 1250)
+    assert queue.stats(now=NOW)["states"]["pending"] == 2500
+
+
+def test_an_invalid_alarm_in_a_later_chunk_keeps_the_chunks_before_it(queue: AlarmQueue) -> None:
+    told: list[int] = []
+    queue.add_added_listener(told.append)
+    payloads = [alarm(f"u{n}", timedelta(seconds=n + 1)) for n in range(250)]
+    payloads[230] = replace(payloads[230], component="journal")
+    with pytest.raises(InvalidAlarm, match="'component' must be event or todo"):
+        queue.enqueue(payloads, now=NOW, chunk=100)
+    assert queue.stats(now=NOW)["states"]["pending"] == 200  # the chunks before the bad one; not its own
+    assert told == [200]
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -89,6 +110,17 @@ def test_a_trigger_is_stored_and_sent_in_one_spelling(queue: AlarmQueue) -> None
     }
 
 
+def test_awkward_text_is_stored_and_claimed_back_as_given(queue: AlarmQueue) -> None:
+    # PostgreSQL takes the rows through COPY's text format: its separators, escapes and
+    # null marker must arrive as plain characters.
+    awkward = "tab\there\nnew line \\N \\ back\\slash \"quoted\" 'single' ümlaut 日本 😀 \r"
+    sent = alarm(f"uid {awkward}", calid=f"cal\t{awkward}", summary=awkward, description=awkward, location="\\N")
+    assert queue.enqueue([sent], now=NOW).added == 1
+    (claimed,) = queue.claim(now=NOW + timedelta(minutes=5), limit=10, owner="t", policy=ClaimPolicy(LEASE)).claimed
+    assert (claimed.calid, claimed.uid) == (sent.calid, sent.uid)
+    assert AlarmPayload.from_dict(claimed.payload) == sent
+
+
 def test_remove_forgets_enqueued_alarms(queue: AlarmQueue) -> None:
     queue.enqueue([alarm("a"), alarm("a", timedelta(minutes=6), aid="2"), alarm("b")], now=NOW)
     assert queue.remove("jac", "a", now=NOW) == 2
@@ -112,3 +144,28 @@ def test_enqueue_on_postgresql_wakes_listening_dispatchers(postgres_url: str) ->
         queue.close()
     assert [n.channel for n in notices] == ["calalarm_queue"]
     assert again == []
+
+
+def test_a_role_that_may_not_create_temporary_tables_is_told_the_grant(clean_postgres_url: str) -> None:
+    url = make_url(clean_postgres_url)
+    database, role = url.database, f"calalarm_no_temp_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(url.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+        conn.execute(sa.text(f'REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC'))
+        conn.execute(sa.text(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"'))
+        conn.execute(sa.text(f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO "{role}"'))
+    queue = AlarmQueue.from_url(url.set(username=role).render_as_string(hide_password=False))
+    try:
+        with pytest.raises(MissingPrivilege, match=f"GRANT TEMPORARY ON DATABASE {database} TO {role}"):
+            queue.enqueue([alarm("a")], now=NOW)
+        assert queue.list_alarms() == []
+        ics = event("e1", NOW + timedelta(hours=1), display("-PT15M"))
+        assert queue.put("jac", ics, now=NOW).added == 1  # the rest of the queue works for that role
+    finally:
+        queue.close()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'GRANT TEMPORARY ON DATABASE "{database}" TO PUBLIC'))
+            conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+            conn.execute(sa.text(f'DROP ROLE "{role}"'))
+        admin.dispose()

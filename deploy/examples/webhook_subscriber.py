@@ -38,7 +38,8 @@ import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
-from common.ens import AckStatus, Bus, BusError, BusUnavailable, Notification, create_bus, standard_properties
+from common.ens import AckStatus, Bus, BusError, Notification, create_bus, standard_properties
+from common.ens.startup import start_when_reachable
 
 log = logging.getLogger("webhook")
 BASES = ("/ics/eventalarm", "/ics/todoalarm")
@@ -115,18 +116,9 @@ async def run(bus_url: str, url: str, pool: str, http_timeout: float, ack: bool)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    delay = 0.5
-    while not stop.is_set():  # a broker that is not up yet is waited for, not an error
-        try:
-            await bus.start()
-            break
-        except BusUnavailable as exc:
-            log.warning("waiting for the bus: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, 30.0)
     try:
-        if not stop.is_set():
+        # a broker that is not up yet is waited for (with backoff), not an error
+        if await start_when_reachable(bus, stop, service="webhook"):
             handler = Webhook(bus, url, http_timeout, ack)
             for base in BASES:
                 await bus.subscribe(f"enp+pool.{pool}://{base}", handler)

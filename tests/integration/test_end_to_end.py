@@ -54,6 +54,22 @@ def bus_url(kind: str) -> str:
     return f"{RABBITMQ_URL}?exchange={unique_exchange()}"
 
 
+def clean_database_url(request: pytest.FixtureRequest, database: str) -> str:
+    """The URL of a clean database of the kind a test is parametrized with."""
+    return str(request.getfixturevalue("sqlite_url" if database == "sqlite" else "clean_postgres_url"))
+
+
+@asynccontextmanager
+async def started_bus(kind: str) -> AsyncIterator[Bus]:
+    """A started bus of ``kind`` (``memory`` or ``amqp``), closed on the way out."""
+    bus = create_bus(bus_url(kind))
+    await bus.start()
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
 @asynccontextmanager
 async def embedded(
     database_url: str, bus: Bus, smtp_url: str, ack_timeout: float = 30.0, with_notifier: bool = True
@@ -82,7 +98,7 @@ async def embedded(
 async def test_embedded_deployment_delivers_with_headers_and_forgets_the_instance(
     request: pytest.FixtureRequest, database: str
 ) -> None:
-    url = request.getfixturevalue("sqlite_url" if database == "sqlite" else "clean_postgres_url")
+    url = clean_database_url(request, database)
     bus = create_bus("memory://")
     async with recording_smtp_server() as smtp, embedded(url, bus, smtp.url) as dispatcher:
         ics, trigger = due_in(1.5)
@@ -103,13 +119,12 @@ async def test_embedded_deployment_delivers_with_headers_and_forgets_the_instanc
 async def test_unacked_notification_is_republished_and_a_late_ack_removes_it_once(
     request: pytest.FixtureRequest, database: str, bus_kind: str
 ) -> None:
-    url = request.getfixturevalue("sqlite_url" if database == "sqlite" else "clean_postgres_url")
-    bus = create_bus(bus_url(bus_kind))
-    await bus.start()
     received: list[Notification] = []
-    silent = await bus.subscribe("enp+pool.notifyd:///ics/eventalarm", _collect(received))  # never acks
-    try:
-        async with embedded(url, bus, "smtp://127.0.0.1:9", ack_timeout=0.5, with_notifier=False) as dispatcher:
+    async with started_bus(bus_kind) as bus:
+        silent = await bus.subscribe("enp+pool.notifyd:///ics/eventalarm", _collect(received))  # never acks
+        async with embedded(
+            clean_database_url(request, database), bus, "smtp://127.0.0.1:9", ack_timeout=0.5, with_notifier=False
+        ) as dispatcher:
             ics, _ = due_in(1.2, "silent-1")
             put = await asyncio.to_thread(dispatcher.queue.put, "jac", ics, now=datetime.now(UTC), owner="j@x.org")
             assert put.added == 1
@@ -128,25 +143,22 @@ async def test_unacked_notification_is_republished_and_a_late_ack_removes_it_onc
             await eventually(lambda: sum(dispatcher.acked.values()) == 2, what="both acks applied")
             assert dispatcher.acked == {AckOutcome.DELETED.value: 1, AckOutcome.UNKNOWN.value: 1}
             assert await live_count(dispatcher.queue) == 0
-    finally:
-        await bus.close()
 
 
 @pytest.mark.parametrize(("database", "bus_kind"), [("sqlite", "memory"), ("postgres", "amqp")])
 async def test_an_instance_is_published_ahead_of_its_trigger_with_not_before(
     request: pytest.FixtureRequest, database: str, bus_kind: str
 ) -> None:
-    url = request.getfixturevalue("sqlite_url" if database == "sqlite" else "clean_postgres_url")
-    bus = create_bus(bus_url(bus_kind))
-    await bus.start()
     received: list[tuple[Notification, datetime]] = []
 
     async def note(notification: Notification) -> None:
         received.append((notification, datetime.now(UTC)))
 
-    await bus.subscribe("enp+pool.notifyd:///ics/eventalarm", note)
-    try:
-        async with embedded(url, bus, "smtp://127.0.0.1:9", with_notifier=False) as dispatcher:
+    async with started_bus(bus_kind) as bus:
+        await bus.subscribe("enp+pool.notifyd:///ics/eventalarm", note)
+        async with embedded(
+            clean_database_url(request, database), bus, "smtp://127.0.0.1:9", with_notifier=False
+        ) as dispatcher:
             ahead = timedelta(seconds=dispatcher.settings.publish_ahead)
             assert ahead == timedelta(seconds=1)  # the default
             ics, trigger = due_in(2.5, "ahead-1")
@@ -157,8 +169,6 @@ async def test_an_instance_is_published_ahead_of_its_trigger_with_not_before(
             assert trigger - ahead - timedelta(milliseconds=50) <= at < trigger  # ahead, but not more
             assert notification.renl is not None
             assert notification.renl.timeout == dispatcher.settings.ack_timeout + dispatcher.settings.publish_ahead
-    finally:
-        await bus.close()
 
 
 def _collect(into: list[Notification]) -> Callable[[Notification], Awaitable[None]]:

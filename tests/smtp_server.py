@@ -74,6 +74,7 @@ class EnvelopeFacts(NamedTuple):
     tls: bool  # the session was encrypted (STARTTLS or implicit TLS) when the data came
     login: str  # the AUTH login of the session; "" without AUTH
     mail_options: tuple[str, ...] = ()  # the options of MAIL FROM (SIZE=…, SMTPUTF8)
+    content: bytes = b""  # the message data as received, dot-stuffing undone
 
 
 def server_tls_context(ca: trustme.CA, host: str = "127.0.0.1") -> ssl.SSLContext:
@@ -196,6 +197,7 @@ class _Handler:
             tls=transport is not None and transport.get_extra_info("ssl_object") is not None,
             login=str(session.auth_data or "") if session.authenticated else "",
             mail_options=tuple(envelope.mail_options),
+            content=envelope.original_content or b"",
         )
         await recorder._record(ReceivedMessage(message, list(envelope.rcpt_tos)), facts)
         return "250 2.0.0 OK: recorded"

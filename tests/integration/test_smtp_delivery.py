@@ -212,6 +212,25 @@ async def test_the_envelope_declares_the_message_size() -> None:
         assert f"SIZE={len(message)}" in server.envelopes[0].mail_options
 
 
+async def test_the_message_arrives_as_given_with_its_dot_lines_whatever_its_line_ends() -> None:
+    body = b"Subject: dots\r\n\r\n.\r\n..\r\n.leading\r\nmiddle . dot\r\n.\r\n"
+    as_given = [
+        body,  # in SMTP form: written as is, only dot-stuffed
+        body.replace(b"\r\n", b"\n"),  # bare LF line ends: aiosmtplib's path makes them CRLF
+        b"Subject: no end\r\n\r\n.last line without its end",
+    ]
+    async with recording_smtp_server() as server:
+        async with open_sender(server.url) as sender:
+            for message in as_given:
+                assert (await sender.send(message, ["a@example.com"])).status is AckStatus.DELIVERED
+        await server.wait_for(len(as_given), WAIT)
+    assert [facts.content for facts in server.envelopes] == [
+        body,
+        body,
+        b"Subject: no end\r\n\r\n.last line without its end\r\n",
+    ]
+
+
 async def test_a_non_ascii_mailbox_goes_with_smtputf8_when_the_server_offers_it() -> None:
     async with recording_smtp_server() as server:
         async with open_sender(server.url) as sender:

@@ -40,6 +40,16 @@ from common.settings import AlarmdSettings, Settings
 log = logging.getLogger(__name__)
 
 LIVE_STATES = ("pending", "inflight")
+# The conditions of the two partial indexes on alarms, with the states as literals in the
+# SQL: SQLite uses a partial index only for a query that names its condition as written
+# (a bound parameter cannot be proven to imply it). A query that reads alarms by state
+# includes the one that holds its rows.
+IS_LIVE = alarms.c.state.in_(  # ix_alarms_due (next_at): the claim, by next_at
+    sa.bindparam("live_states", list(LIVE_STATES), expanding=True, literal_execute=True)
+)
+IS_NOT_PENDING = alarms.c.state != sa.bindparam(  # ix_alarms_not_pending (state, next_at)
+    "pending_state", "pending", literal_execute=True
+)
 ENQUEUE_CHUNK = 5000  # single alarms per INSERT transaction
 # Bulk enqueue on PostgreSQL: COPY a chunk into a temporary table (text rows, parsed by
 # the server far faster than one INSERT or one JSON document), then move it into alarms,
@@ -671,13 +681,14 @@ class AlarmQueue:
         UPDATE re-checks the due condition, so a row is claimed by one statement only.
         """
         due_by = now + policy.ahead
-        due = sa.and_(alarms.c.state.in_(LIVE_STATES), alarms.c.next_at <= due_by)
+        due = sa.and_(IS_LIVE, alarms.c.next_at <= due_by)
         with self.engine.begin() as conn:
             expired = failed = 0
             if policy.max_lateness > timedelta(0):
                 expired = self._mark(
                     conn,
                     sa.and_(
+                        IS_LIVE,
                         alarms.c.state == State.PENDING,
                         alarms.c.attempts == 0,
                         # due (at its trigger, or when an operator retried it) that long ago
@@ -691,6 +702,7 @@ class AlarmQueue:
                 failed = self._mark(
                     conn,
                     sa.and_(
+                        IS_NOT_PENDING,
                         alarms.c.state == State.INFLIGHT,
                         alarms.c.next_at <= due_by,
                         alarms.c.attempts >= policy.max_attempts,
@@ -950,7 +962,7 @@ class AlarmQueue:
     def next_due_at(self, *, not_before: datetime | None = None) -> datetime | None:
         """The earliest ``next_at`` of a live instance (at or after ``not_before``, when
         given), or None when there is none."""
-        where: sa.ColumnElement[bool] = alarms.c.state.in_(LIVE_STATES)
+        where: sa.ColumnElement[bool] = IS_LIVE
         if not_before is not None:
             where = sa.and_(where, alarms.c.next_at >= not_before)
         with self.engine.connect() as conn:
@@ -1011,7 +1023,7 @@ class AlarmQueue:
         if alarm_id is not None:
             where.append(alarms.c.id == alarm_id)
         if state:
-            where.append(alarms.c.state == state)
+            where += [IS_NOT_PENDING if state != State.PENDING else IS_LIVE, alarms.c.state == state]
         if calid:
             where.append(alarms.c.calid == calid)
         if uid:
@@ -1071,7 +1083,7 @@ class AlarmQueue:
             )
             oldest = conn.execute(
                 sa.select(alarms.c.trigger_at)
-                .where(alarms.c.state == State.PENDING, alarms.c.next_at <= now)
+                .where(IS_LIVE, alarms.c.state == State.PENDING, alarms.c.next_at <= now)
                 .order_by(alarms.c.trigger_at)
                 .limit(1)
             ).scalar()
@@ -1108,15 +1120,15 @@ class AlarmQueue:
             # The live rows due before the last bucket's end: a range of the claim's index.
             overdue, *counts = conn.execute(
                 sa.select(sa.func.sum(sa.case((alarms.c.next_at < now, 1), else_=0)), *buckets).where(
-                    alarms.c.state.in_(LIVE_STATES), alarms.c.next_at < end_of_last
+                    IS_LIVE, alarms.c.next_at < end_of_last
                 )
             ).one()
             later = conn.execute(
-                sa.select(sa.func.count()).where(pending, alarms.c.next_at >= end_of_last)
+                sa.select(sa.func.count()).where(IS_LIVE, pending, alarms.c.next_at >= end_of_last)
             ).scalar_one()
             reasons = conn.execute(
                 sa.select(alarms.c.last_error, sa.func.count())
-                .where(alarms.c.state == State.FAILED)
+                .where(IS_NOT_PENDING, alarms.c.state == State.FAILED)
                 .group_by(alarms.c.last_error)
             ).all()
         merged: dict[str, int] = {}
@@ -1242,7 +1254,7 @@ class AlarmQueue:
             for state in dict.fromkeys(str(s) for s in states):
                 if state not in (State.FAILED, State.EXPIRED):
                     raise ValueError(f"only failed and expired instances are retried, not {state}")
-                where = [alarms.c.state == state]
+                where = [IS_NOT_PENDING, alarms.c.state == state]
                 if alarm_id is not None:
                     where.append(alarms.c.id == alarm_id)
                 if calid:
@@ -1307,7 +1319,7 @@ class AlarmQueue:
         wanted = list(dict.fromkeys(str(s) for s in states))
         if not wanted or any(s not in (State.FAILED, State.EXPIRED) for s in wanted):
             raise ValueError("only failed and expired instances are purged")
-        where = sa.and_(alarms.c.state.in_(wanted), alarms.c.updated_at <= now - older_than)
+        where = sa.and_(IS_NOT_PENDING, alarms.c.state.in_(wanted), alarms.c.updated_at <= now - older_than)
         total = 0
         while True:
             chosen = sa.select(alarms.c.id).where(where).order_by(alarms.c.id).limit(batch)

@@ -20,6 +20,7 @@ from common.db.engine import create_engine_from_url
 from common.db.tables import alarm_history, alarms, metadata
 from common.ens.envelope import AckStatus
 from tests.calendars import display, event, utc
+from tests.payloads import sample_payload
 
 NOW = utc("2026-11-23T10:00:00Z")
 LEASE = timedelta(seconds=60)
@@ -333,3 +334,36 @@ def test_each_expired_instance_is_logged_with_its_ids_only(queue: AlarmQueue, ca
     assert sorted(r.__dict__["uid"] for r in lines) == ["e1", "e2"]
     assert all(r.levelno == logging.INFO and r.__dict__["state"] == "expired" for r in lines)
     assert all("summary" not in r.__dict__ and "owner" not in r.__dict__ for r in lines)
+
+
+def test_on_sqlite_dispatch_reads_alarms_through_an_index_not_every_live_row(sqlite_url: str) -> None:
+    """The claim, its expiry and max-attempts checks, the wait for the next due instant and a
+    listing by state use ix_alarms_due or ix_alarms_not_pending: no statement scans alarms or
+    sorts the due rows. (With the states as bound parameters SQLite's planner took every live
+    row through an index on state and sorted them: a claim grew with the queue.)"""
+    queue = AlarmQueue.from_url(sqlite_url)
+    due = utc("2026-11-23T10:00:00Z")
+    payloads = [sample_payload(uid=f"u{i}", trigger="2026-11-23T10:00:00Z") for i in range(50)]
+    queue.enqueue(payloads, now=due - timedelta(hours=1))
+    statements: list[tuple[str, Any]] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, many: bool) -> None:
+        if not many and ("FROM alarms" in statement or "UPDATE alarms" in statement):
+            statements.append((statement, parameters))
+
+    sa.event.listen(queue.engine, "before_cursor_execute", seen)
+    policy = ClaimPolicy(lease=LEASE, late_after=timedelta(minutes=1), max_lateness=timedelta(hours=1), max_attempts=3)
+    assert len(queue.claim(now=due, limit=10, owner="t", policy=policy).claimed) == 10
+    assert queue.next_due_at() == due
+    assert len(queue.list_alarms(state="inflight")) == 10
+    assert queue.list_alarms(state="failed") == []
+    sa.event.remove(queue.engine, "before_cursor_execute", seen)
+    assert len(statements) >= 6
+    with queue.engine.connect() as conn:
+        for statement, parameters in statements:
+            plan = [row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)]
+            assert not [step for step in plan if step.startswith("SCAN alarms") or "TEMP B-TREE" in step], (
+                statement,
+                plan,
+            )
+    queue.close()

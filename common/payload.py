@@ -59,7 +59,7 @@ class AlarmPayload:
     def to_dict(self) -> dict[str, Any]:
         # Shallow, field by field: dataclasses.asdict deep-copies every value, which made
         # it the largest cost of a bulk enqueue; recipients is the only mutable field.
-        data = {name: getattr(self, name) for name in _FIELD_NAMES}
+        data = dict(self.__dict__)  # the fields, in their order (a frozen dataclass has nothing else)
         data["recipients"] = list(self.recipients)
         return data
 

@@ -15,6 +15,8 @@ from common.ens.envelope import (
     standard_properties,
 )
 from common.ens.reference import EventReference
+from common.payload import AlarmPayload
+from tests.payloads import sample_payload
 
 REF = EventReference.alarm("event", "jac", "u1", "", "1")
 
@@ -77,3 +79,12 @@ def test_only_a_first_publication_not_redelivered_is_a_first_copy() -> None:
     assert not Notification(ref, {}, {PUBLICATION: "1"}).first_copy
     # the flag is the receiving bus's, not the wire's
     assert Notification.from_json(dataclasses.replace(first, redelivered=True).to_json()).first_copy
+
+
+def test_a_payload_as_a_dict_has_every_field_in_order_and_its_own_recipients_list() -> None:
+    payload = sample_payload(recipients=["a@example.com"])
+    data = payload.to_dict()
+    assert list(data) == [f.name for f in dataclasses.fields(AlarmPayload)]
+    assert AlarmPayload.from_dict(data) == payload
+    data["recipients"].append("b@example.com")
+    assert payload.recipients == ["a@example.com"]

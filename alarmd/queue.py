@@ -1406,12 +1406,10 @@ def _single_row(payload: AlarmPayload, now: datetime) -> dict[str, Any] | None:
         trigger = payload.check()  # the checks notifyd makes on arrival, made before queuing
     except PayloadError as exc:
         raise InvalidAlarm(f"alarm {payload.calid!r}/{payload.uid!r}: {exc}") from None
-    calid, uid, aid = payload.calid, payload.uid, payload.aid
-    if len(calid) > 255 or len(uid) > 255 or len(aid) > 255 or len(payload.rid) > 32:
-        for name, limit in (("calid", 255), ("uid", 255), ("aid", 255), ("rid", 32)):
-            if len(getattr(payload, name)) > limit:
-                raise InvalidAlarm(f"alarm {calid[:50]!r}/{uid[:50]!r}: {name} is over {limit} characters")
-    if not calid or not uid or not aid:
+    for name, limit in (("calid", 255), ("uid", 255), ("aid", 255), ("rid", 32)):
+        if len(getattr(payload, name)) > limit:
+            raise InvalidAlarm(f"alarm {payload.calid[:50]!r}/{payload.uid[:50]!r}: {name} is over {limit} characters")
+    if not payload.calid or not payload.uid or not payload.aid:
         raise InvalidAlarm(f"alarm {payload.calid!r}/{payload.uid!r}: calid, uid and aid must not be empty")
     if trigger < now:
         return None

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import socket
+from collections import Counter
 
 import sqlalchemy as sa
 
@@ -185,7 +186,11 @@ class Dispatcher:
         elif self._bus_backoff:
             log.info("publishing works again; claiming resumes")
             self._bus_backoff = 0.0
-        self.published += len(batch.claimed) - len(failed)
+        published = len(batch.claimed) - len(failed)
+        self.published += published
+        if published:
+            republished = sum(1 for c in batch.claimed if c.attempt > 1) - sum(1 for c in failed if c.attempt > 1)
+            log.info("published batch", extra={"count": published, "republished": republished})
         return len(batch.claimed)
 
     async def _publish(self, claimed: ClaimedAlarm) -> None:
@@ -207,8 +212,11 @@ class Dispatcher:
             self._outstanding.discard(claimed.renl_id)
             raise
         self.metrics.observe_publish(claimed.attempt, (self.clock() - claimed.trigger).total_seconds())
-        if log.isEnabledFor(logging.INFO):  # no fields built for nothing in a burst
-            log.info("published", extra=_fields(claimed))
+        # A first publication is routine: its line is DEBUG, and the batch's INFO line counts
+        # it (alarm_history keeps every one). A republication means an ack did not come.
+        level = logging.DEBUG if claimed.attempt == 1 else logging.INFO
+        if log.isEnabledFor(level):  # no fields built for nothing in a burst
+            log.log(level, "published", extra=_fields(claimed))
 
     async def _sleep_until_due(self) -> None:
         self._wake.clear()  # before the query: a wake-up during it must not be lost
@@ -272,7 +280,11 @@ class Dispatcher:
                 await self._fault_pause(delay)
 
     def _apply_acks(self, requests: list[AckRequest]) -> list[AckOutcome]:
-        return self.queue.ack_many(requests, now=self.clock(), max_attempts=self.settings.max_attempts)
+        outcomes = self.queue.ack_many(requests, now=self.clock(), max_attempts=self.settings.max_attempts)
+        if log.isEnabledFor(logging.INFO):
+            counts = Counter(outcome.value for outcome in outcomes)
+            log.info("acks applied", extra={"count": len(outcomes), **{k: counts[k] for k in sorted(counts)}})
+        return outcomes
 
     async def _on_ack(self, ack: Ack) -> None:
         self._outstanding.discard(ack.renl_id)
@@ -288,7 +300,12 @@ class Dispatcher:
         outcome = await self._apply_ack(request)
         self.acked[outcome.value] = self.acked.get(outcome.value, 0) + 1
         self.metrics.observe_ack(ack.status.value, outcome.value)
-        level = logging.WARNING if outcome in (AckOutcome.UNKNOWN, AckOutcome.FAILED) else logging.INFO
+        # A delivered ack that deletes its instance is routine: DEBUG (the batch's "acks
+        # applied" line counts it); the rest are worth a line each.
+        if outcome in (AckOutcome.UNKNOWN, AckOutcome.FAILED):
+            level = logging.WARNING
+        else:
+            level = logging.DEBUG if outcome is AckOutcome.DELETED else logging.INFO
         if outcome is AckOutcome.UNKNOWN and ack.redelivered:
             # The broker brought it back after a lost connection: almost always an ack
             # this dispatcher (or another) applied before the connection went. Harmless.

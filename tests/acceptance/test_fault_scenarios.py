@@ -668,8 +668,8 @@ async def test_alarmd_killed_after_claim_publish_and_confirm_loses_nothing_and_m
                 watch = await asyncio.to_thread(HistoryGrows, deployment.queue.engine, "published")
             elif moment == "after a publish":  # its first reminder reached the SMTP server
                 watch = CounterGrows(lambda: run.sink.messages)
-            else:  # alarmd logs a publication once the broker confirmed it
-                watch = LogShows(service.log, b" INFO alarmd.dispatcher published alarm=")
+            else:  # alarmd logs a claimed batch once the broker confirmed its publications
+                watch = LogShows(service.log, b" INFO alarmd.dispatcher published batch ")
             start = time.time()
             held = await asyncio.to_thread(
                 kill_when, service.process.pid, watch, timeout=3.0, delay=run.rng.uniform(0, 0.02)

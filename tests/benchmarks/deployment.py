@@ -79,9 +79,8 @@ STOP_TIMEOUT = 20.0  # seconds after SIGTERM before SIGKILL
 POLL = 0.05  # seconds between checks of the sink's counter
 LOG_SAMPLES = 5  # warning and error lines quoted per process
 _LOG_LEVEL = re.compile(r" (WARNING|ERROR|CRITICAL) ")
-_PUBLISHED = re.compile(
-    r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO alarmd\.dispatcher published (?P<fields>.*)$",
-    re.MULTILINE,
+_PUBLISHED_BATCH = re.compile(
+    r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO alarmd\.dispatcher published batch ", re.MULTILINE
 )
 _FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')  # key=value, the value logfmt-quoted when it must be
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -474,26 +473,18 @@ class Deployment:
             ).all()
         return [(_aware(at) - _aware(trigger)).total_seconds() for trigger, at in rows]
 
-    def publish_lateness(self, alarms: Sequence[Alarm]) -> list[float]:
-        """Seconds from trigger to the end of the first publish of each alarm, from alarmd's log
-        (``published alarm=N attempt=1 component=… calid=… uid=… rid=… aid=…`` is logged once the
-        broker confirmed it;
-        log times have millisecond resolution)."""
-        triggers = {alarm.key[0]: alarm.trigger.timestamp() for alarm in alarms}
-        found: dict[str, float] = {}
+    def last_publish_after(self, due: datetime) -> float | None:
+        """Seconds from ``due`` to alarmd's last ``published batch`` line (logged once the broker
+        confirmed every publish of a claimed batch; log times have millisecond resolution), or
+        None without one. Each instance's own ``published`` line is DEBUG."""
+        last: float | None = None
         for service in self.services:
             if service.name != "alarmd":
                 continue
-            for match in _PUBLISHED.finditer(service.log_text()):
-                fields = {k: json.loads(v) if v.startswith('"') else v for k, v in _FIELD.findall(match["fields"])}
-                if fields.get("attempt") != "1":
-                    continue
-                parts = (fields.get(name, "") for name in ("component", "calid", "uid", "rid", "aid"))
-                ref = str(EventReference.alarm(*parts))
-                if ref in triggers and ref not in found:
-                    stamp = datetime.strptime(match.group("at"), "%Y-%m-%d %H:%M:%S,%f")  # local time
-                    found[ref] = stamp.timestamp() - triggers[ref]
-        return list(found.values())
+            for match in _PUBLISHED_BATCH.finditer(service.log_text()):
+                stamp = datetime.strptime(match.group("at"), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time
+                last = stamp if last is None else max(last, stamp)
+        return None if last is None else last - due.timestamp()
 
     def live_instances(self) -> int:
         states = self.queue.stats(now=datetime.now(UTC))["states"]

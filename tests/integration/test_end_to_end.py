@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -117,8 +118,9 @@ async def test_embedded_deployment_delivers_with_headers_and_forgets_the_instanc
 
 @pytest.mark.parametrize(("database", "bus_kind"), [("sqlite", "memory"), ("postgres", "amqp")])
 async def test_unacked_notification_is_republished_and_a_late_ack_removes_it_once(
-    request: pytest.FixtureRequest, database: str, bus_kind: str
+    request: pytest.FixtureRequest, database: str, bus_kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="alarmd.dispatcher")
     received: list[Notification] = []
     async with started_bus(bus_kind) as bus:
         silent = await bus.subscribe("enp+pool.notifyd:///ics/eventalarm", _collect(received))  # never acks
@@ -143,6 +145,15 @@ async def test_unacked_notification_is_republished_and_a_late_ack_removes_it_onc
             await eventually(lambda: sum(dispatcher.acked.values()) == 2, what="both acks applied")
             assert dispatcher.acked == {AckOutcome.DELETED.value: 1, AckOutcome.UNKNOWN.value: 1}
             assert await live_count(dispatcher.queue) == 0
+    # The routine lines are DEBUG; a republication (an ack did not come) and an ack for an
+    # instance already gone are worth a line each, at INFO and WARNING.
+    lines = [(r.getMessage(), r.__dict__.get("attempt"), r.levelname) for r in caplog.records]
+    assert ("published", 1, "DEBUG") in lines
+    assert ("published", 2, "INFO") in lines
+    assert {(level, attempt) for message, attempt, level in lines if message == "ack"} == {
+        ("DEBUG", 1),  # the first attempt's ack, late, still delivered it: deleted
+        ("WARNING", 2),  # the second's found it gone
+    }
 
 
 @pytest.mark.parametrize(("database", "bus_kind"), [("sqlite", "memory"), ("postgres", "amqp")])

@@ -104,7 +104,7 @@ def put_due(queue: AlarmQueue, uid: str, trigger: datetime, owner: str = "") -> 
 async def test_alarmd_counters_histogram_and_queue_gauges_over_http(
     sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="alarmd")
+    caplog.set_level(logging.DEBUG, logger="alarmd")
     clock = FakeClock()
     queue = AlarmQueue.from_url(sqlite_url)
     bus = MemoryBus()
@@ -162,11 +162,23 @@ async def test_alarmd_counters_histogram_and_queue_gauges_over_http(
     assert get(after, "process_resident_memory_bytes")
 
     # One structured line per state change: ids as fields, no address from an ack's reason.
+    # The routine ones (a first publication, a delivered ack) are DEBUG; INFO counts them per batch.
     published = [r for r in caplog.records if r.name == "alarmd.dispatcher" and r.getMessage() == "published"]
     assert sorted(r.__dict__["uid"] for r in published) == ["bad", "busy", "ok1", "ok2", "ok3"]
     assert all(r.__dict__["calid"] == "jac" and r.__dict__["attempt"] == 1 for r in published)
+    assert {r.levelname for r in published} == {"DEBUG"}
+    batches = [r for r in caplog.records if r.getMessage() == "published batch"]
+    assert {r.levelname for r in batches} == {"INFO"}
+    assert sum(r.__dict__["count"] for r in batches) == 5
+    assert sum(r.__dict__["republished"] for r in batches) == 0
     acks = {r.__dict__["alarm"]: r for r in caplog.records if r.getMessage() == "ack"}
     assert len(acks) == 5
+    levels = sorted((r.__dict__["outcome"], r.levelname) for r in acks.values())
+    assert levels == [("deleted", "DEBUG")] * 3 + [("failed", "WARNING"), ("rescheduled", "INFO")]
+    applied = [r for r in caplog.records if r.getMessage() == "acks applied"]
+    assert {r.levelname for r in applied} == {"INFO"}
+    assert sum(r.__dict__["count"] for r in applied) == 5
+    assert sum(r.__dict__.get("deleted", 0) for r in applied) == 3
     reasons = [r.__dict__.get("reason", "") for r in acks.values()]
     assert "550 5.1.1 <address>: no such user" in reasons
     assert not any("@" in reason for reason in reasons)

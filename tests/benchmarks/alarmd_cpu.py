@@ -37,26 +37,8 @@ from common.db import migrate
 from common.ens import Ack, AckStatus, Notification
 from common.ens.memory import MemoryBus
 from common.logs import setup_logging
-from common.payload import AlarmPayload, format_utc
 from common.settings import AlarmdSettings, LoggingSettings
-
-
-def alarms(n: int, due: datetime) -> list[AlarmPayload]:
-    trigger = format_utc(due)
-    return [
-        AlarmPayload(
-            calid=f"cal{i % 50}",
-            uid=f"cpu-{i}",
-            rid="",
-            aid="1",
-            component="event",
-            action="DISPLAY",
-            trigger=trigger,
-            summary="Weekly sync",
-            owner="bench@example.com",
-        )
-        for i in range(n)
-    ]
+from tests.benchmarks.queue_size import alarms_for
 
 
 async def one_round(n: int, workdir: Path) -> dict[str, float]:
@@ -65,7 +47,7 @@ async def one_round(n: int, workdir: Path) -> dict[str, float]:
     queue = AlarmQueue.from_url(url)
     settings = AlarmdSettings()
     due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
-    queue.enqueue(alarms(n, due), now=datetime.now(UTC))
+    queue.enqueue(alarms_for("cpu", n, due, 1), now=datetime.now(UTC))
     bus = MemoryBus()
     await bus.start()
 

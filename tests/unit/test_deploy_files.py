@@ -83,6 +83,8 @@ def test_units_are_notify_services_with_a_watchdog_and_hardening(service: str) -
         assert dependency in unit["After"][0].split()
         assert dependency in unit["Wants"][0].split()
     assert 10 <= seconds(unit["WatchdogSec"][0]) <= 60
+    # A burst of 10,000 reminders logs 10,000 lines: more than journald's default lets through.
+    assert int(unit["LogRateLimitBurst"][0]) / seconds(unit["LogRateLimitIntervalSec"][0]) > 10_000 / 30
 
 
 def test_stop_timeouts_outlast_a_clean_stop() -> None:

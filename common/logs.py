@@ -2,9 +2,9 @@
 
 ``[logging] format`` picks one; ``level`` the threshold (``alarmd --log-level`` overrides it):
 
-- ``text``: ``2026-11-23 10:00:00,123 INFO alarmd.dispatcher published alarm=42 attempt=1 …``;
+- ``text``: ``2026-11-23 10:00:00,123 INFO alarmd.dispatcher published alarm=42 attempt=2 …``;
 - ``keyvalue``: ``ts=2026-11-23T10:00:00.123Z level=info logger=alarmd.dispatcher msg=published
-  alarm=42 attempt=1 …``, one line per record, values quoted and escaped where needed;
+  alarm=42 attempt=2 …``, one line per record, values quoted and escaped where needed;
 - ``json``: ``{"ts": "2026-11-23T10:00:00.123Z", "level": "info", "logger": …, "msg": …, "alarm": 42}``,
   one object per line.
 

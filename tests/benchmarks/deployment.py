@@ -82,7 +82,6 @@ _LOG_LEVEL = re.compile(r" (WARNING|ERROR|CRITICAL) ")
 _PUBLISHED_BATCH = re.compile(
     r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO alarmd\.dispatcher published batch ", re.MULTILINE
 )
-_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')  # key=value, the value logfmt-quoted when it must be
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 # What a process logs once it is ready (all of them, in any order).

@@ -28,14 +28,14 @@ and just after it. ``meets_goal`` (per deployment, and overall) is a ratio >= 0.
 every alarm delivered once: none lost, none duplicated.
 
 Also reported, per deployment: lateness of the reminders (first, p50, p99, max accept
-after the due instant); when alarmd had claimed (``alarm_history``) and published
-(its last ``published batch`` line) every instance, and when the last delivered ack was applied; republished
-instances (attempts after a missing ack: the lease is ``alarmd.ack_timeout``, 60 s, from
-the claim); the queue's states afterwards; delivery records; octets per reminder against
-the ceiling's; each process's CPU time, the sink's and the whole machine's as a share of
-the drain's wall time (near 1.0 for a process says it bounds the drain); warning and
-error lines of the logs. Lost means never received before ``--patience`` seconds passed
-without a new message.
+after the due instant); when alarmd had claimed (``alarm_history``) and published (its
+last ``published batch`` line) every instance, and when the last delivered ack was
+applied; republished instances (attempts after a missing ack: the lease is
+``alarmd.ack_timeout``, 60 s, from the claim); the queue's states afterwards; delivery
+records; octets per reminder against the ceiling's; each process's CPU time, the sink's
+and the whole machine's as a share of the drain's wall time (near 1.0 for a process says
+it bounds the drain); warning and error lines of the logs. Lost means never received
+before ``--patience`` seconds passed without a new message.
 
 Prints one JSON object and a one-line summary. Not part of ``make test``; ``standard``
 needs PostgreSQL on 127.0.0.1:5432 and RabbitMQ on 127.0.0.1:5672. ``--keep`` keeps the

@@ -16,12 +16,12 @@ passwords. As a last guard every formatter blanks the password of a URL (``amqp:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any, TextIO
 
 from common.settings import LoggingSettings
@@ -50,11 +50,9 @@ def without_addresses(text: str) -> str:
     return _ADDRESS.sub("<address>", " ".join(_CONTROLS.sub(" ", text).split()))
 
 
-def fields(record: logging.LogRecord) -> Iterator[tuple[str, Any]]:
+def fields(record: logging.LogRecord) -> list[tuple[str, Any]]:
     """The ``extra=`` fields of ``record``, in the order they were given."""
-    for key, value in record.__dict__.items():
-        if key not in _STANDARD and not key.startswith("_"):
-            yield key, value
+    return [(key, value) for key, value in record.__dict__.items() if key not in _STANDARD and key[:1] != "_"]
 
 
 def logfmt_value(value: Any) -> str:
@@ -65,11 +63,14 @@ def logfmt_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     text = value if isinstance(value, str) else str(value)
-    if text and _BARE.fullmatch(text):
+    if not text:
+        return '""'
+    if _BARE.fullmatch(text):
         return text
     return _UNESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(text, ensure_ascii=False))
 
 
+@functools.lru_cache(maxsize=256)  # the same few names on every line
 def _key(name: str) -> str:
     return _KEY_UNSAFE.sub("_", name) or "_"
 

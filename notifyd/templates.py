@@ -45,6 +45,7 @@ from common.settings import ConfigError
 
 KINDS = ("event", "todo")
 PARTS = ("subject", "txt", "html")
+RESOLVED_MAX = 1000  # distinct requested locales remembered; the rest are resolved each time
 _LOCALE_DIR = re.compile(r"^([A-Za-z]{2,8}(?:[_-][A-Za-z0-9]{1,8})*)/([a-z]+)\.([a-z]+)\.j2$")
 
 
@@ -89,6 +90,7 @@ class Templates:
         )
         self._directories = self._discover()
         self._loaded: dict[tuple[str, str, str], Template] = {}
+        self._resolved: dict[str, str] = {}  # requested → resolved, for the few locales a deployment sees
         self.locales = frozenset(self._directories)
         self.default_locale = self._closest(default_locale)
         if not self.default_locale:
@@ -117,7 +119,12 @@ class Templates:
 
     def resolve(self, requested: str) -> str:
         """The available locale closest to ``requested`` (see the module doc)."""
-        return self._closest(requested) or self.default_locale
+        resolved = self._resolved.get(requested)
+        if resolved is None:
+            resolved = self._closest(requested) or self.default_locale
+            if len(self._resolved) < RESOLVED_MAX:
+                self._resolved[requested] = resolved
+        return resolved
 
     def _closest(self, requested: str) -> str:
         name = normalise_locale(requested)

@@ -12,7 +12,7 @@ import pytest
 import notifyd
 from common.settings import ConfigError
 from notifyd.email import render_reminder, sample_context
-from notifyd.templates import KINDS, PARTS, TemplateError, Templates, normalise_locale
+from notifyd.templates import KINDS, PARTS, RESOLVED_MAX, TemplateError, Templates, normalise_locale
 from tests.messages import parse_message
 from tests.payloads import sample_payload
 
@@ -400,3 +400,11 @@ def test_empty_override_directory_changes_nothing(tmp_path: Path) -> None:
     templates = Templates(tmp_path)
     assert templates.locales == Templates().locales
     assert templates.render("event", "fr", sample_context()) == Templates().render("event", "fr", sample_context())
+
+
+def test_resolve_remembers_a_bounded_number_of_requested_locales() -> None:
+    templates = Templates()
+    for i in range(RESOLVED_MAX + 50):
+        assert templates.resolve(f"fr-x{i}") == "fr"
+    assert templates.resolve("de-AT") == "de"
+    assert len(templates._resolved) == RESOLVED_MAX

@@ -167,7 +167,10 @@ def mailbox(recipient: str) -> str | None:
 
 
 def _parsed_mailbox(recipient: str) -> str | None:
-    parsed = getaddresses([recipient])
+    try:
+        parsed = getaddresses([recipient])
+    except RecursionError:  # the parser recurses once per ':' (group syntax): a thousand of them is no mailbox
+        return None
     if len(parsed) != 1:
         return None
     try:

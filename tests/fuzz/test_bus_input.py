@@ -75,6 +75,14 @@ def expected_ack(raw: bytes) -> str | None:
     return renl.renl_id if renl is not None and renl.ack_to == "alarmd" else None
 
 
+def parsed_address(text: str) -> str:
+    """The address ``parseaddr`` finds in ``text``; "" where it gives up (its parser recurses once per ':')."""
+    try:
+        return parseaddr(text)[1]
+    except RecursionError:
+        return ""
+
+
 def allowed_recipients(raw: bytes) -> tuple[set[str], str]:
     """Who ``raw`` may have reached: its owner, anyone at example.com; and its X-Alarm-Trigger."""
     try:
@@ -82,7 +90,7 @@ def allowed_recipients(raw: bytes) -> tuple[set[str], str]:
     except EnvelopeError:
         return set(), ""
     owner = payload.get("owner") if isinstance(payload, dict) else None
-    owners = {owner.strip().lower(), parseaddr(owner)[1].lower()} if isinstance(owner, str) else set()
+    owners = {owner.strip().lower(), parsed_address(owner).lower()} if isinstance(owner, str) else set()
     return owners - {""}, str(payload.get("trigger", "")) if isinstance(payload, dict) else ""
 
 

@@ -394,3 +394,18 @@ _ATEXT = "abcxyzABZ019!#$%&'*+/=?^_`{|}~-"
 )
 def test_the_plain_address_shortcut_agrees_with_the_parsers(address: str) -> None:
     assert mailbox(address) == _parsed_mailbox(address)
+
+
+def test_an_address_that_overflows_the_parser_is_refused_not_raised() -> None:
+    # The standard library's parser recurses once per ':' (group syntax); under 998 characters
+    # that still overflows a stack as deep as a notifier's handler.
+    owner = ":" * 980 + "jac@example.com"
+
+    def at_depth(frames: int) -> Addressing:
+        if frames:
+            return at_depth(frames - 1)
+        return address_reminder(sample_payload(owner=owner), NO_ENTRY, RecipientPolicy(("*",)))
+
+    result = at_depth(100)
+    assert result.recipients == []
+    assert result.refused == {owner: NOT_AN_ADDRESS}

@@ -24,12 +24,13 @@ __all__ = [
 def create_bus(url: str, *, prefetch: int = 64) -> Bus:
     """``memory://`` → in-process bus; ``amqp://…`` / ``amqps://…`` → RabbitMQ.
 
-    ``prefetch``: messages of one subscription handed to its handlers at once.
+    ``prefetch``: messages of one subscription handed to its handlers at once. The
+    in-process bus hands envelopes over without JSON (see :mod:`common.ens.memory`).
     """
     if url.startswith("memory:"):
         from common.ens.memory import MemoryBus
 
-        return MemoryBus(prefetch=prefetch)
+        return MemoryBus(prefetch=prefetch, encode=False)
     if url.startswith(("amqp://", "amqps://")):
         from common.ens.amqp import AmqpBus
 

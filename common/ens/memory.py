@@ -1,6 +1,13 @@
 """In-process bus for the embedded deployment and for tests.
 
-Messages cross it as JSON bytes, exactly as on AMQP, so codec bugs show here too.
+By default messages cross it as JSON bytes, exactly as on AMQP, so codec bugs show in
+tests too. The embedded deployment (``memory://``, :func:`common.ens.create_bus`) hands
+the envelopes over as they are (``encode=False``): publisher and subscriber are one
+process, and the JSON round trip of a notification and its ack was a tenth of that
+process's CPU per reminder (``tests/benchmarks/dispatch_burst``), checking nothing the
+publisher had not built itself. Neither side changes an envelope once it is sent (they
+are frozen; their dicts are only read). Raw messages (:meth:`MemoryBus.publish_raw`)
+are bytes and decoded either way.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ class _Queue:
 
     def __init__(self, binding: EventReference | None) -> None:
         self.binding = binding
-        self.items: asyncio.Queue[bytes] = asyncio.Queue()
+        self.items: asyncio.Queue[bytes | Notification | Ack] = asyncio.Queue()
         self.consumers: set[asyncio.Task[None]] = set()
 
 
@@ -49,9 +56,10 @@ class _MemorySubscription(Subscription):
 
 
 class MemoryBus(Bus):
-    """``prefetch`` handlers of one subscription run at once, as on AMQP."""
+    """``prefetch`` handlers of one subscription run at once, as on AMQP; ``encode``: see the module doc."""
 
-    def __init__(self, *, prefetch: int = 64, close_timeout: float = 10.0) -> None:
+    def __init__(self, *, prefetch: int = 64, close_timeout: float = 10.0, encode: bool = True) -> None:
+        self.encode = encode
         self._queues: dict[str, _Queue] = {}
         self._closed = False
         self._prefetch = prefetch
@@ -77,7 +85,7 @@ class MemoryBus(Bus):
     async def publish(self, notification: Notification) -> None:
         if self._closed:
             raise BusUnavailable("the in-process bus is closed")
-        body = notification.to_json()
+        body = notification.to_json() if self.encode else notification
         for queue in self._queues.values():
             if queue.binding is not None and queue.binding.matches(notification.ref):
                 queue.items.put_nowait(body)
@@ -112,7 +120,7 @@ class MemoryBus(Bus):
         if queue is None:
             log.debug("dropped an ack to %r: nobody consumes acks for that address", ack_to[:100])
             return
-        queue.items.put_nowait(ack.to_json())
+        queue.items.put_nowait(ack.to_json() if self.encode else ack)
 
     async def consume_acks(self, ack_to: str, handler: AckHandler) -> Subscription:
         name = f"renl.{ack_to}"
@@ -120,7 +128,7 @@ class MemoryBus(Bus):
         return self._start_consumer(name, queue, lambda body: _deliver_ack(body, handler))
 
     def _start_consumer(
-        self, name: str, queue: _Queue, deliver: Callable[[bytes], Coroutine[Any, Any, None]]
+        self, name: str, queue: _Queue, deliver: Callable[[Any], Coroutine[Any, Any, None]]
     ) -> Subscription:
         slots = asyncio.Semaphore(self._prefetch)
 
@@ -155,24 +163,30 @@ class MemoryBus(Bus):
             if not queue.consumers and queue.binding is not None and not name.startswith("pool."):
                 del self._queues[name]  # a plain subscription's queue dies with it
 
-    async def _deliver(self, body: bytes, handler: NotificationHandler) -> None:
-        try:
-            notification = Notification.from_json(body)
-        except EnvelopeError as exc:
-            await reject_poison(self, body, exc)
-            return
+    async def _deliver(self, body: bytes | Notification, handler: NotificationHandler) -> None:
+        if isinstance(body, Notification):
+            notification = body
+        else:
+            try:
+                notification = Notification.from_json(body)
+            except EnvelopeError as exc:
+                await reject_poison(self, body, exc)
+                return
         try:
             await handler(notification)
         except Exception:
             log.exception("subscriber failed on %s; message rejected, the publisher will resend", notification.ref)
 
 
-async def _deliver_ack(body: bytes, handler: AckHandler) -> None:
-    try:
-        ack = Ack.from_json(body)
-    except EnvelopeError as exc:
-        log.warning("dropped an invalid ack: %s", exc)
-        return
+async def _deliver_ack(body: bytes | Ack, handler: AckHandler) -> None:
+    if isinstance(body, Ack):
+        ack = body
+    else:
+        try:
+            ack = Ack.from_json(body)
+        except EnvelopeError as exc:
+            log.warning("dropped an invalid ack: %s", exc)
+            return
     try:
         await handler(ack)
     except Exception:

@@ -1,17 +1,18 @@
 """alarmd's CPU per reminder, without notifyd: claim, publish, apply the ack.
 
     .venv/bin/python -m tests.benchmarks.alarmd_cpu [--alarms 5000] [--rounds 3]
-        [--log-level info]
+        [--log-level info] [--bus-json]
 
 The burst benchmark's ratio moves ±0.07 with the machine; this measures alarmd's side
 of it alone and steadily. In this process: a SQLite queue (a temporary file) holding
-``--alarms`` single alarms due at one instant, the in-process bus, a subscriber that
-acks each notification ``delivered`` at once, and alarmd's real :class:`Dispatcher`
-with the default settings, logging at ``--log-level`` in the services' text format to
-a file (as under systemd). From the first claim until the last ack is applied: the
-process's CPU time per reminder (µs; the subscriber's share is the bus's JSON of each
-notification and ack, a few µs) and the wall-clock rate. Each round is a fresh queue;
-the median is reported.
+``--alarms`` single alarms due at one instant, the in-process bus as the embedded
+deployment runs it (envelopes handed over; ``--bus-json``: as tests run it, each
+notification and ack through JSON and back, as on AMQP), a subscriber that acks each
+notification ``delivered`` at once, and alarmd's real :class:`Dispatcher` with the
+default settings, logging at ``--log-level`` in the services' text format to a file
+(as under systemd). From the first claim until the last ack is applied: the process's
+CPU time per reminder (µs; the subscriber's share is a few µs) and the wall-clock
+rate. Each round is a fresh queue; the median is reported.
 
 Prints one JSON object and a summary line. Not part of ``make test``.
 """
@@ -41,14 +42,14 @@ from common.settings import AlarmdSettings, LoggingSettings
 from tests.benchmarks.queue_size import alarms_for
 
 
-async def one_round(n: int, workdir: Path) -> dict[str, float]:
+async def one_round(n: int, workdir: Path, bus_json: bool = False) -> dict[str, float]:
     url = f"sqlite:///{workdir / 'queue.db'}"
     migrate.upgrade(url)
     queue = AlarmQueue.from_url(url)
     settings = AlarmdSettings()
     due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
     queue.enqueue(alarms_for("cpu", n, due, 1), now=datetime.now(UTC))
-    bus = MemoryBus()
+    bus = MemoryBus(encode=bus_json)
     await bus.start()
 
     async def deliver(notification: Notification) -> None:
@@ -85,6 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--alarms", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument("--bus-json", action="store_true", help="the bus encodes each message as JSON (as in tests)")
     return parser.parse_args(argv)
 
 
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             for i in range(args.rounds):
                 workdir = Path(tmp) / f"round{i}"
                 workdir.mkdir()
-                rounds.append(eventloop.run(one_round(args.alarms, workdir)))
+                rounds.append(eventloop.run(one_round(args.alarms, workdir, args.bus_json)))
         finally:
             if handler is not None:
                 logging.getLogger().removeHandler(handler)
@@ -111,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         "cpu_us_per_reminder_median": round(statistics.median(r["cpu_us_per_reminder"] for r in rounds), 1),
         "per_s_median": round(statistics.median(r["per_s"] for r in rounds)),
         "log_level": args.log_level,
+        "bus_json": args.bus_json,
         "log_lines_per_reminder": round(log_lines / (args.alarms * args.rounds), 3),
         "python": sys.version.split()[0],
     }

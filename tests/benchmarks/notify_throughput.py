@@ -19,10 +19,10 @@ An aiosmtpd sink that accepts and counts every message runs in a process of its 
   :func:`~notifyd.service.notifier_from_settings` builds it (pooled
   :class:`~notifyd.smtp.SmtpSender` with ``pool_size = --pool``, delivery records in a
   fresh migrated SQLite file; ``--dedup memory`` uses :class:`MemoryDeliveryLog`
-  instead) on the in-process bus, fed ``--messages`` distinct EMAIL alarm
-  notifications as alarmd publishes them (``--publication 1``: first publications,
-  recorded but not looked up; 2: republications, each looked up first); timed from
-  the first publish to the last ack.
+  instead) on the in-process bus as the embedded deployment runs it (no JSON), fed
+  ``--messages`` distinct EMAIL alarm notifications as alarmd publishes them
+  (``--publication 1``: first publications, recorded but not looked up; 2:
+  republications, each looked up first); timed from the first publish to the last ack.
 
 All start cold (connections opened inside the timed span; a few ms of the total).
 Each notifyd run is checked: every notification acked ``delivered``, no duplicate, one
@@ -209,7 +209,7 @@ async def run_notifyd(
     publication: int = 1,
 ) -> Run:
     """``n`` distinct notifications through a fresh notifier; timed from first publish to last ack."""
-    bus = MemoryBus()
+    bus = MemoryBus(encode=False)  # as the embedded deployment runs it
     await bus.start()
     engine: sa.Engine | None = None
     clock = lambda: datetime.now(UTC)  # noqa: E731 - the production clock

@@ -1,8 +1,9 @@
 """The delivery contract of ``common/ens/abc.py``, run on every adapter.
 
 The ``buses`` fixture hands out buses that talk to each other: the one in-process
-bus, or separate RabbitMQ connections on an exchange of the test's own (deleted,
-with every durable queue the test created, at teardown).
+bus (JSON across, as tests use it, and envelopes handed over, as the embedded
+deployment runs it), or separate RabbitMQ connections on an exchange of the test's
+own (deleted, with every durable queue the test created, at teardown).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Inbox(Generic[T]):
         return self.items
 
 
-@pytest.fixture(params=["memory", pytest.param("amqp", marks=pytest.mark.rabbitmq)])
+@pytest.fixture(params=["memory", "memory-objects", pytest.param("amqp", marks=pytest.mark.rabbitmq)])
 async def buses(request: pytest.FixtureRequest) -> AsyncIterator[Buses]:
     async with open_buses(request.param, amqp_timeout=WAIT) as made:
         yield made

@@ -51,7 +51,12 @@ class SmtpSettings:
     username: str = ""
     password: str = field(default="", repr=False)  # prefer password_file or CALALARM_SMTP_PASSWORD
     password_file: str = ""  # a file holding the password (e.g. a systemd credential)
-    pool_size: int = 8  # persistent connections to the server
+    # Persistent connections to the server. Each message is four round trips (MAIL, RCPT,
+    # DATA, the data), each waiting for a busy event loop to come round: in a burst 12
+    # overlap enough of them to drain 0.77-0.82 of the SMTP ceiling where 8 drained
+    # 0.66-0.76 (tests/benchmarks/dispatch_burst, embedded, same hour). Lower it for a
+    # relay that limits connections per client.
+    pool_size: int = 12
     rate_limit: float = 0.0  # messages per second at most (token bucket); 0 = no limit
     rate_burst: int = 20  # messages that may go at once after an idle spell
 
@@ -124,10 +129,12 @@ class NotifydSettings:
     pool: str = "notifyd"  # notifyd instances with the same pool share the work
     # Notifications handled at once by one notifyd, and taken from the broker at once
     # (more would wait unacked while the publisher's RENL timeout runs). Also the most a
-    # notifyd killed mid-send can mail twice. 20 with 8 SMTP connections: reminders due
-    # in the same second reach the server p99 76-91 ms late where 10 with 4 took 109-133
-    # (tests/benchmarks/dispatch_timeliness, 20 a second).
-    concurrency: int = 20
+    # notifyd killed mid-send can mail twice. 2.5 per SMTP connection (smtp.pool_size):
+    # the others render, wait for a connection or for their delivery record. 20 with 8
+    # connections: reminders due in the same second reach the server p99 76-91 ms late
+    # where 10 with 4 took 109-133 (tests/benchmarks/dispatch_timeliness, 20 a second);
+    # 30 with 12 for bursts (see smtp.pool_size).
+    concurrency: int = 30
     locale: str = "en"  # the language of a reminder when neither the enqueuer nor the directory names one
     templates: str = ""  # a directory of templates that override or add to the shipped ones
     directory: str = ""  # a TOML file mapping calendars to owner address, locale and time zone

@@ -21,7 +21,7 @@ configuration file and the product's default settings):
 
 The *ceiling* is :func:`tests.benchmarks.notify_throughput.run_ceiling`: the same sink
 fed ``--alarms`` copies of one pre-rendered reminder by a bare aiosmtplib loop
-(``sendmail`` of its bytes over ``smtp.pool_size`` = 4 persistent connections). It runs
+(``sendmail`` of its bytes over ``smtp.pool_size`` persistent connections, the default). It runs
 before the first deployment and after each one (after ``--warmup`` untimed messages);
 a deployment's ratio is its drain rate over the mean of the ceiling runs just before
 and just after it. ``meets_goal`` (per deployment, and overall) is a ratio >= 0.7 with

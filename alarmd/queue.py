@@ -757,7 +757,7 @@ class AlarmQueue:
         chosen = _chosen(sa.select(alarms.c.id).where(where).order_by(order).limit(limit))
         stmt = (
             sa.update(alarms)
-            .where(alarms.c.id == chosen.c.id, where)
+            .where(_in_chosen(conn, chosen, where))
             .values(
                 state=State.INFLIGHT,
                 attempts=alarms.c.attempts + 1,
@@ -815,7 +815,7 @@ class AlarmQueue:
         chosen = _chosen(sa.select(alarms.c.id).where(where).limit(MARK_BATCH))
         rows = conn.execute(
             sa.update(alarms)
-            .where(alarms.c.id == chosen.c.id, where)
+            .where(_in_chosen(conn, chosen, where))
             .values(state=state, last_error=reason, updated_at=now)
             .returning(*_KEY, alarms.c.attempts, alarms.c.last_error)
         ).all()
@@ -1398,6 +1398,23 @@ def _chosen(select: sa.Select[tuple[int]]) -> sa.CTE:
     due row (found by tests/integration/test_concurrent_dispatchers.py).
     """
     return select.with_for_update(skip_locked=True).cte("chosen").prefix_with("MATERIALIZED", dialect="postgresql")
+
+
+def _in_chosen(conn: sa.Connection, chosen: sa.CTE, where: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
+    """The condition of an UPDATE of the rows of ``chosen`` (:func:`_chosen`, selected by ``where``).
+
+    On PostgreSQL the CTE checked ``where`` and locked its rows (``FOR UPDATE``): nobody
+    can change them before the UPDATE, which joins on the id alone and so reaches each
+    row through the primary key. Repeating ``where`` there let the planner, on
+    statistics older than a burst, scan the due index for the outer side instead and
+    compare every due row with every chosen one: in a burst of 10,000 due at one
+    instant a claim of 100 took 56 ms (median; 110 ms the first) instead of 6.5 ms, and
+    bounded the standard deployment's drain. SQLite takes no row locks: its UPDATE
+    re-checks ``where``, so a row is claimed by one statement only.
+    """
+    if conn.dialect.name == "postgresql":
+        return alarms.c.id == chosen.c.id
+    return sa.and_(alarms.c.id == chosen.c.id, where)
 
 
 def _single_row(payload: AlarmPayload, now: datetime) -> dict[str, Any] | None:

@@ -212,7 +212,12 @@ class Dispatcher:
             payload=claimed.payload,
             properties=properties,
             # The lease runs from publish_ahead after the claim: the subscriber may hold it that long.
-            renl=Renl(self.settings.ack_to, claimed.renl_id, self.settings.ack_timeout + self.settings.publish_ahead),
+            renl=Renl(
+                self.settings.ack_to,
+                claimed.renl_id,
+                self.settings.ack_timeout + self.settings.publish_ahead,
+                batch_acks=True,  # its acks are applied in batches anyway (ACK_LINGER)
+            ),
         )
         self._outstanding.add(claimed.renl_id)  # before publishing: the ack may beat publish() back
         try:

@@ -1,29 +1,35 @@
-"""Group commit: calls that arrive together are applied together, in one worker-thread call.
+"""Group commit: calls that arrive together are applied together, in one call.
 
 A service that writes one row per message (an ack applied, a delivery recorded) pays a
-transaction, a thread hop and a connection checkout per message. :class:`GroupCommit`
-queues the calls instead: the first starts a batch, which waits ``linger`` seconds for
-company and then runs ``apply`` on everything queued (up to ``max_batch``) in a worker
-thread; calls that arrive meanwhile form the next batch. Under load that is one
-transaction per batch; alone, a call is a batch of one. Each caller gets its own
-item's result, or the batch's exception.
+transaction, a thread hop and a connection checkout per message; one that publishes a
+message per ack pays the broker for each. :class:`Batcher` queues the calls instead: the
+first starts a batch, which waits ``linger`` seconds for company and then awaits
+``apply`` on everything queued (up to ``max_batch``); calls that arrive meanwhile form
+the next batch. Under load that is one transaction (or message) per batch; alone, a call
+is a batch of one. Each caller gets its own item's result, or the batch's exception.
+:class:`GroupCommit` runs a blocking ``apply`` (database work) in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-class GroupCommit(Generic[T, R]):
-    """``await submit(item)`` → ``apply([... item ...])[its index]``; see the module doc."""
+class Batcher(Generic[T, R]):
+    """``await submit(item)`` → ``(await apply([... item ...]))[its index]``; see the module doc."""
 
     def __init__(
-        self, apply: Callable[[list[T]], Sequence[R]], *, name: str, linger: float = 0.002, max_batch: int = 500
+        self,
+        apply: Callable[[list[T]], Awaitable[Sequence[R]]],
+        *,
+        name: str,
+        linger: float = 0.002,
+        max_batch: int = 500,
     ) -> None:
         self._apply = apply
         self._name = name
@@ -52,7 +58,7 @@ class GroupCommit(Generic[T, R]):
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             self.batches += 1
             try:
-                results = await asyncio.to_thread(self._apply, [item for item, _ in batch])
+                results = await self._apply([item for item, _ in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"{self._name}: {len(results)} results for a batch of {len(batch)}")
             except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
@@ -63,3 +69,15 @@ class GroupCommit(Generic[T, R]):
             for (_item, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+
+
+class GroupCommit(Batcher[T, R]):
+    """A :class:`Batcher` whose ``apply`` blocks (a database transaction): it runs in a worker thread."""
+
+    def __init__(
+        self, apply: Callable[[list[T]], Sequence[R]], *, name: str, linger: float = 0.002, max_batch: int = 500
+    ) -> None:
+        async def in_thread(items: list[T]) -> Sequence[R]:
+            return await asyncio.to_thread(apply, items)
+
+        super().__init__(in_thread, name=name, linger=linger, max_batch=max_batch)

@@ -13,7 +13,9 @@ Delivery contract, the same on every adapter:
   envelope is dropped with a log line; if its RENL can be read it is acked
   ``failed`` with the reason, so the publisher does not retry it for ever.
 - ``ack`` sends an :class:`Ack` to the notification's ``renl.ack_to`` address;
-  acks wait in a durable queue per address until ``consume_acks`` reads them.
+  acks wait in a durable queue per address until ``consume_acks`` reads them. When the
+  RENL request says ``batch_acks``, an adapter may carry acks sent together to one
+  address in one message; ``consume_acks`` hands each to the handler all the same.
 """
 
 from __future__ import annotations
@@ -63,8 +65,9 @@ class Bus(ABC):
         """Deliver matching notifications to ``handler`` (see the module doc for pools)."""
 
     @abstractmethod
-    async def send_ack(self, ack_to: str, ack: Ack) -> None:
-        """Send ``ack`` to the RENL address ``ack_to``."""
+    async def send_ack(self, ack_to: str, ack: Ack, *, batch: bool = False) -> None:
+        """Send ``ack`` to the RENL address ``ack_to``; ``batch``: the reader there takes
+        several acks to a message (its RENL request said ``batch_acks``)."""
 
     @abstractmethod
     async def consume_acks(self, ack_to: str, handler: AckHandler) -> Subscription:
@@ -81,7 +84,7 @@ class Bus(ABC):
         if notification.renl is None:
             return
         ack = Ack(notification.renl.renl_id, status, reason, properties or {})
-        await self.send_ack(notification.renl.ack_to, ack)
+        await self.send_ack(notification.renl.ack_to, ack, batch=notification.renl.batch_acks)
 
     async def __aenter__(self) -> Bus:
         await self.start()

@@ -14,7 +14,12 @@ Layout on the broker, for an exchange named ``ens`` (``?exchange=NAME`` in the U
   (``ens.sub.<routing key>.<random>``; the name is chosen here, not by the server,
   so the robust connection can declare it again after a reconnect);
 - acks for the RENL address ``A`` are published with routing key ``renl.A`` and
-  wait in the durable queue ``ens.renl.A``.
+  wait in the durable queue ``ens.renl.A``. Acks to a publisher that takes them in
+  batches (its RENL request says ``batch_acks``) are gathered: those sent while the
+  previous message to ``A`` awaits its confirm go out together, up to
+  :data:`ACK_BATCH_MAX`, as one message of type ``acks``. A lone ack is a message of
+  its own, without delay. In a burst that is one broker message per batch instead of
+  one per reminder, for the broker, the sender and the reader.
 
 Bindings select by base only; parameter matching happens in the consumer, which
 acks and ignores a message its subscription does not select. Up to ``prefetch``
@@ -34,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import re
@@ -53,6 +59,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
 from yarl import URL
 
+from common.batching import Batcher
 from common.ens.abc import (
     AckHandler,
     Bus,
@@ -62,7 +69,8 @@ from common.ens.abc import (
     Subscription,
     as_subscription,
 )
-from common.ens.envelope import Ack, EnvelopeError, Notification
+from common.ens.acks import hand_over
+from common.ens.envelope import MAX_MESSAGE_BYTES, Ack, EnvelopeError, Notification, acks_to_json
 from common.ens.poison import reject_poison
 from common.ens.reference import EventReference
 
@@ -74,6 +82,10 @@ _EXCHANGE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,127}$")
 _NOT_QUEUE_NAME_CHAR = re.compile(r"[^A-Za-z0-9_.:@,/+-]")
 _MAX_NAME_BYTES = 255  # AMQP short string: queue names and routing keys
 _BROKER_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_EXCEPTIONS, TimeoutError)
+ACK_BATCH_MAX = 100  # acks in one message at most (see the module doc)
+# Addresses whose acks are gathered, at most: the ack_to of a message is the sender's to
+# choose, and each address keeps a Batcher; acks to any further address go one a message.
+ACK_BATCH_ADDRESSES = 16
 
 Deliver = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
@@ -167,6 +179,7 @@ class AmqpBus(Bus):
         self._durable_names: set[str] = set()  # every durable queue ever declared, for tools and tests
         self._subscriptions: set[_AmqpSubscription] = set()
         self._handlers: set[asyncio.Task[object]] = set()
+        self._ack_batchers: dict[str, Batcher[Ack, None]] = {}  # per RENL address
 
     def __repr__(self) -> str:
         return f"<AmqpBus {redacted(self._url)} exchange={self.exchange_name!r}>"
@@ -228,6 +241,9 @@ class AmqpBus(Bus):
             for subscription in list(self._subscriptions):
                 subscription.cancelled = True
                 await self._stop(subscription)
+            for batcher in self._ack_batchers.values():  # acks already handed over go out
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(batcher.drain(), timeout=self._close_timeout)
             running = self._handlers - {asyncio.current_task()}  # close() may be called by a handler
             if running:
                 _done, pending = await asyncio.wait(running, timeout=self._close_timeout)
@@ -305,12 +321,25 @@ class AmqpBus(Bus):
         message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
         await self._publish(routing_key, message, f"raw message to {routing_key!r}")
 
-    async def send_ack(self, ack_to: str, ack: Ack) -> None:
+    async def send_ack(self, ack_to: str, ack: Ack, *, batch: bool = False) -> None:
         # Not declared here: the publisher declares its ack queue before it publishes
         # anything, so a genuine ack has a queue. Declaring it for whatever ack_to a
         # notification names let forged notifications create durable queues without end;
         # an ack to an address nobody consumes is now dropped by the broker (unroutable).
         routing_key = _ack_routing_key(ack_to)
+        batcher = self._ack_batchers.get(ack_to) if batch else None
+        if batch and batcher is None and len(self._ack_batchers) < ACK_BATCH_ADDRESSES:
+            # linger 0: a batch is what arrived while the previous one awaited its confirm.
+            batcher = Batcher(
+                functools.partial(self._publish_acks, ack_to),
+                name=f"ens:acks:{ack_to[:50]}",
+                linger=0.0,
+                max_batch=ACK_BATCH_MAX,
+            )
+            self._ack_batchers[ack_to] = batcher
+        if batcher is not None:
+            await batcher.submit(ack)
+            return
         message = aio_pika.Message(
             ack.to_json(),
             content_type="application/json",
@@ -319,6 +348,23 @@ class AmqpBus(Bus):
             type="ack",
         )
         await self._publish(routing_key, message, f"ack {ack.renl_id} to {ack_to!r}")
+
+    async def _publish_acks(self, ack_to: str, acks: list[Ack]) -> list[None]:
+        """Publish ``acks`` to ``ack_to`` as one message of type ``acks`` (halves of it, should
+        that pass half the message size limit); one alone as a plain ack."""
+        if len(acks) == 1:
+            await self.send_ack(ack_to, acks[0])
+            return [None]
+        body = acks_to_json(acks)
+        if len(body) > MAX_MESSAGE_BYTES // 2:
+            half = len(acks) // 2
+            await asyncio.gather(self._publish_acks(ack_to, acks[:half]), self._publish_acks(ack_to, acks[half:]))
+            return [None] * len(acks)
+        message = aio_pika.Message(
+            body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT, type="acks"
+        )
+        await self._publish(_ack_routing_key(ack_to), message, f"{len(acks)} acks to {ack_to!r}")
+        return [None] * len(acks)
 
     async def _publish(self, routing_key: str, message: aio_pika.Message, what: str) -> None:
         _publish_channel, _consume_channel, exchange = await self._ready()
@@ -464,20 +510,7 @@ class AmqpBus(Bus):
         if state.cancelled:
             await _settle(message, message.reject(requeue=True))
             return
-        try:
-            ack = Ack.from_json(message.body)
-        except EnvelopeError as exc:
-            log.warning("dropped an invalid ack: %s", exc)
-            await _settle(message, message.ack())
-            return
-        if message.redelivered:
-            ack = dataclasses.replace(ack, redelivered=True)
-        try:
-            await handler(ack)
-        except Exception:
-            log.exception("ack handler failed on renl_id=%s; ack dropped", ack.renl_id)
-            await _settle(message, message.reject(requeue=False))
-            return
+        await hand_over(message.body, handler, redelivered=bool(message.redelivered))
         await _settle(message, message.ack())
 
 

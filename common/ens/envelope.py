@@ -11,6 +11,12 @@ An ack::
     {"v": 1, "type": "ack", "renl_id": "42:1", "status": "delivered", "reason": "",
      "properties": {…}}
 
+Acks in one message, to a publisher whose RENL request says ``"batch_acks": true``
+(a subscriber may then gather the acks it sends to one address)::
+
+    {"v": 1, "type": "acks", "acks": [{"renl_id": "42:1", "status": "delivered",
+     "reason": "", "properties": {…}}, …]}
+
 Readers ignore keys and properties they do not know, and reject a major version
 they do not speak.
 """
@@ -23,6 +29,7 @@ import os
 import re
 import socket
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -67,11 +74,13 @@ def standard_properties(process: str, now: datetime) -> Properties:
 
 @dataclass(frozen=True)
 class Renl:
-    """A request for an end-to-end acknowledgment."""
+    """A request for an end-to-end acknowledgment. ``batch_acks``: the publisher also
+    reads acks that come several to a message (type ``acks``)."""
 
     ack_to: str
     renl_id: str
     timeout: float
+    batch_acks: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,8 @@ class Notification:
                 "renl_id": self.renl.renl_id,
                 "timeout": self.renl.timeout,
             }
+            if self.renl.batch_acks:
+                body["renl"]["batch_acks"] = True
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod
@@ -150,19 +161,23 @@ class Ack:
     redelivered: bool = field(default=False, compare=False)
 
     def to_json(self) -> bytes:
-        body = {
-            "v": VERSION,
-            "type": "ack",
+        body = {"v": VERSION, "type": "ack", **self._fields()}
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Ack:
+        return cls._from_fields(_load(raw, "ack"))
+
+    def _fields(self) -> dict[str, Any]:
+        return {
             "renl_id": self.renl_id,
             "status": self.status.value,
             "reason": self.reason,
             "properties": self.properties,
         }
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> Ack:
-        body = _load(raw, "ack")
+    def _from_fields(cls, body: dict[str, Any]) -> Ack:
         status = _field(body, "status", str)
         try:
             ack_status = AckStatus(status)
@@ -174,6 +189,32 @@ class Ack:
             reason=str(body.get("reason", "")),
             properties=_properties(body),
         )
+
+
+def acks_to_json(acks: Sequence[Ack]) -> bytes:
+    """Several acks in one message (type ``acks``; see the module doc)."""
+    body = {"v": VERSION, "type": "acks", "acks": [ack._fields() for ack in acks]}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def acks_from_json(raw: bytes | str) -> tuple[list[Ack], list[str]]:
+    """The acks of a message (one of type ``ack``, several of type ``acks``), and what is
+    wrong with each ack of several that is not valid (the others still count).
+    EnvelopeError when the message itself is not valid."""
+    body = _load(raw, "ack", also="acks")
+    if body["type"] == "ack":
+        return [Ack._from_fields(body)], []
+    items = _field(body, "acks", list)
+    acks: list[Ack] = []
+    errors: list[str] = []
+    for number, item in enumerate(items, 1):
+        try:
+            if not isinstance(item, dict):
+                raise EnvelopeError("must be an object")
+            acks.append(Ack._from_fields(item))
+        except EnvelopeError as exc:
+            errors.append(f"ack {number} of {len(items)}: {exc}")
+    return acks, errors
 
 
 def renl_of(raw: bytes | str) -> Renl | None:
@@ -189,7 +230,7 @@ def renl_of(raw: bytes | str) -> Renl | None:
         return None
 
 
-def _load(raw: bytes | str, kind: str) -> dict[str, Any]:
+def _load(raw: bytes | str, kind: str, *, also: str = "") -> dict[str, Any]:
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
     if size > MAX_MESSAGE_BYTES:
         raise EnvelopeError(f"{kind} is {size} bytes, over the {MAX_MESSAGE_BYTES} byte limit")
@@ -213,8 +254,9 @@ def _load(raw: bytes | str, kind: str) -> dict[str, Any]:
     version = body.get("v")
     if type(version) is not int or version != VERSION:
         raise EnvelopeError(f"{kind} has version {version!r}; this build speaks version {VERSION}")
-    if body.get("type") != kind:
-        raise EnvelopeError(f"expected a message of type {kind!r}, got {body.get('type')!r}")
+    if body.get("type") != kind and not (also and body.get("type") == also):
+        expected = f"{kind!r} or {also!r}" if also else repr(kind)
+        raise EnvelopeError(f"expected a message of type {expected}, got {body.get('type')!r}")
     return body
 
 
@@ -242,4 +284,5 @@ def _renl(body: Any) -> Renl:
         ack_to=_field(body, "ack_to", str),
         renl_id=_field(body, "renl_id", str),
         timeout=float(timeout),
+        batch_acks=body.get("batch_acks") is True,
     )

@@ -27,6 +27,7 @@ from common.ens.abc import (
     Subscription,
     as_subscription,
 )
+from common.ens.acks import hand_over
 from common.ens.envelope import Ack, EnvelopeError, Notification
 from common.ens.poison import reject_poison
 from common.ens.reference import EventReference
@@ -111,7 +112,8 @@ class MemoryBus(Bus):
             if queue.binding is not None and queue.binding.routing_key == routing_key:
                 queue.items.put_nowait(body)
 
-    async def send_ack(self, ack_to: str, ack: Ack) -> None:
+    async def send_ack(self, ack_to: str, ack: Ack, *, batch: bool = False) -> None:
+        # ``batch`` changes nothing here: a message costs nothing in one process.
         if self._closed:
             raise BusUnavailable("the in-process bus is closed")
         # As on AMQP: an ack goes to the queue its publisher consumes; with none, it is
@@ -125,7 +127,7 @@ class MemoryBus(Bus):
     async def consume_acks(self, ack_to: str, handler: AckHandler) -> Subscription:
         name = f"renl.{ack_to}"
         queue = self._queues.setdefault(name, _Queue(None))
-        return self._start_consumer(name, queue, lambda body: _deliver_ack(body, handler))
+        return self._start_consumer(name, queue, lambda body: hand_over(body, handler))
 
     def _start_consumer(
         self, name: str, queue: _Queue, deliver: Callable[[Any], Coroutine[Any, Any, None]]
@@ -176,18 +178,3 @@ class MemoryBus(Bus):
             await handler(notification)
         except Exception:
             log.exception("subscriber failed on %s; message rejected, the publisher will resend", notification.ref)
-
-
-async def _deliver_ack(body: bytes | Ack, handler: AckHandler) -> None:
-    if isinstance(body, Ack):
-        ack = body
-    else:
-        try:
-            ack = Ack.from_json(body)
-        except EnvelopeError as exc:
-            log.warning("dropped an invalid ack: %s", exc)
-            return
-    try:
-        await handler(ack)
-    except Exception:
-        log.exception("ack handler failed on renl_id=%s", ack.renl_id)

@@ -9,6 +9,7 @@ own (deleted, with every durable queue the test created, at teardown).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -199,6 +200,65 @@ async def test_ack_round_trip_carries_status_and_reason(buses: Buses) -> None:
     assert got[retry.renl.renl_id].reason == "421 try later"
     assert got[failed.renl.renl_id].properties == {"process": "notifyd", "sent": 2}
     assert len(acks.items) == 3
+
+
+async def test_acks_sent_together_to_a_publisher_that_takes_batches_each_arrive_once(
+    buses: Buses, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On AMQP they share messages (fewer than the acks); a message of several acks with a bad
+    one among them loses only that one; the handler failing on one ack loses only that one."""
+    publisher, notifier = await buses.new(), await buses.new()
+    acks: Inbox[Ack] = Inbox()
+
+    async def handler(ack: Ack) -> None:
+        if ack.reason == "refuse me":
+            raise RuntimeError("the database said no")
+        await acks(ack)
+
+    await publisher.consume_acks(ACK_TO, handler)
+    sent = [Ack(f"{i}:1", AckStatus.DELIVERED if i % 3 else AckStatus.RETRY, f"r{i}") for i in range(60)]
+    await asyncio.gather(*(notifier.send_ack(ACK_TO, ack, batch=True) for ack in sent))
+    got = await acks.wait_for(60)
+    assert sorted(got, key=lambda a: int(a.renl_id.split(":")[0])) == sent
+    if isinstance(notifier, AmqpBus):
+        assert notifier._ack_batchers[ACK_TO].batches < 60
+
+    caplog.set_level(logging.WARNING, logger="common.ens")
+    mixed = {
+        "v": 1,
+        "type": "acks",
+        "acks": [
+            {"renl_id": "a:1", "status": "delivered"},
+            {"renl_id": "b:1", "status": "maybe"},
+            {"renl_id": "c:1", "status": "failed", "reason": "refuse me"},
+            {"renl_id": "d:1", "status": "failed", "reason": "550"},
+        ],
+    }
+    await raw(notifier).publish_raw(f"renl.{ACK_TO}", json.dumps(mixed).encode())
+    got = await acks.wait_for(62)
+    assert [(a.renl_id, a.status) for a in got[60:]] == [("a:1", AckStatus.DELIVERED), ("d:1", AckStatus.FAILED)]
+    logged = [r.getMessage() for r in caplog.records]
+    assert "dropped an invalid ack: ack 2 of 4: ack 'status' 'maybe' is not one of delivered, failed, retry" in logged
+    assert "ack handler failed on renl_id=c:1; ack dropped" in logged
+    await notifier.send_ack(ACK_TO, Ack("e:1", AckStatus.DELIVERED), batch=True)  # still consuming
+    assert (await acks.wait_for(63))[-1].renl_id == "e:1"
+
+
+async def test_a_notifier_batches_acks_only_for_a_publisher_that_asked(buses: Buses) -> None:
+    """A RENL request without ``batch_acks`` (an older publisher) gets one ack per message."""
+    publisher, notifier = await buses.new(), await buses.new()
+    acks: Inbox[Ack] = Inbox()
+    await publisher.consume_acks(ACK_TO, acks)
+    old = [notification(renl=True) for _ in range(20)]
+    new = [dataclasses.replace(n, renl=dataclasses.replace(n.renl, batch_acks=True)) for n in old if n.renl]
+    await asyncio.gather(*(notifier.ack(n, AckStatus.DELIVERED) for n in old))
+    await acks.wait_for(20)
+    if isinstance(notifier, AmqpBus):
+        assert notifier._ack_batchers == {}
+    await asyncio.gather(*(notifier.ack(n, AckStatus.DELIVERED) for n in new))
+    await acks.wait_for(40)
+    if isinstance(notifier, AmqpBus):
+        assert notifier._ack_batchers[ACK_TO].batches < 20
 
 
 async def test_acks_sent_while_their_publisher_is_away_wait_and_acks_to_nobody_are_dropped(buses: Buses) -> None:

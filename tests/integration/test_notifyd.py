@@ -315,9 +315,9 @@ class HeldAcks(MemoryBus):
         super().__init__(prefetch=1)
         self.release = asyncio.Event()
 
-    async def send_ack(self, ack_to: str, ack: Ack) -> None:
+    async def send_ack(self, ack_to: str, ack: Ack, *, batch: bool = False) -> None:
         await self.release.wait()
-        await super().send_ack(ack_to, ack)
+        await super().send_ack(ack_to, ack, batch=batch)
 
 
 async def test_an_ack_waiting_for_its_confirm_holds_neither_a_slot_nor_the_prefetch_window() -> None:

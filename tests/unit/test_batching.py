@@ -1,4 +1,4 @@
-"""GroupCommit: calls that arrive together are applied together."""
+"""Batcher and GroupCommit: calls that arrive together are applied together."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from common.batching import GroupCommit
+from common.batching import Batcher, GroupCommit
 
 
 class Recorder:
@@ -80,3 +80,28 @@ def test_a_result_count_that_does_not_match_is_an_error() -> None:
 
     with pytest.raises(RuntimeError, match="0 results for a batch of 1"):
         asyncio.run(submit())
+
+
+async def test_without_linger_a_batch_is_what_arrived_while_the_previous_one_was_applied() -> None:
+    """The acks a notifier sends: the first goes at once; those sent while its publish awaits
+    the broker's confirm go together in the next."""
+    batches: list[list[int]] = []
+    confirm = asyncio.Event()
+
+    async def publish(items: list[int]) -> list[None]:
+        batches.append(items)
+        if len(batches) == 1:
+            await confirm.wait()
+        return [None] * len(items)
+
+    batcher: Batcher[int, None] = Batcher(publish, name="test", linger=0.0, max_batch=30)
+    first = asyncio.create_task(batcher.submit(0))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert batches == [[0]]
+    rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 51)]
+    await asyncio.sleep(0)
+    confirm.set()
+    await asyncio.gather(first, *rest)
+    assert batches == [[0], list(range(1, 31)), list(range(31, 51))]
+    assert batcher.batches == 3

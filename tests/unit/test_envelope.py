@@ -11,6 +11,8 @@ from common.ens.envelope import (
     EnvelopeError,
     Notification,
     Renl,
+    acks_from_json,
+    acks_to_json,
     renl_of,
     standard_properties,
 )
@@ -60,6 +62,41 @@ def test_ack_round_trip_and_bad_status() -> None:
     assert Ack.from_json(ack.to_json()) == ack
     with pytest.raises(EnvelopeError, match="delivered, failed, retry"):
         Ack.from_json(b'{"v": 1, "type": "ack", "renl_id": "7:1", "status": "maybe"}')
+
+
+def test_several_acks_in_one_message_round_trip_and_a_bad_one_spoils_only_itself() -> None:
+    acks = [Ack("7:1", AckStatus.DELIVERED), Ack("8:2", AckStatus.FAILED, "550 no such user", {"process": "notifyd"})]
+    body = json.loads(acks_to_json(acks))
+    assert (body["v"], body["type"], len(body["acks"])) == (1, "acks", 2)
+    assert acks_from_json(acks_to_json(acks)) == (acks, [])
+    assert acks_from_json(acks[0].to_json()) == ([acks[0]], [])  # one ack alone, as before
+    body["acks"].insert(1, {"renl_id": "9:1", "status": "maybe"})
+    body["acks"].append("not an object")
+    got, errors = acks_from_json(json.dumps(body).encode())
+    assert got == acks
+    assert errors == [
+        "ack 2 of 4: ack 'status' 'maybe' is not one of delivered, failed, retry",
+        "ack 4 of 4: must be an object",
+    ]
+    with pytest.raises(EnvelopeError, match="'acks' must be a list"):
+        acks_from_json(b'{"v": 1, "type": "acks", "acks": {}}')
+    with pytest.raises(EnvelopeError, match="type 'ack' or 'acks', got 'notification'"):
+        acks_from_json(b'{"v": 1, "type": "notification"}')
+    with pytest.raises(EnvelopeError, match="type 'ack', got 'acks'"):
+        Ack.from_json(acks_to_json(acks))  # a reader of single acks refuses a batch
+
+
+def test_a_renl_request_says_whether_its_publisher_takes_acks_in_batches() -> None:
+    batched = Notification(REF, {}, {}, Renl("alarmd", "7:1", 60.0, batch_acks=True))
+    assert json.loads(batched.to_json())["renl"]["batch_acks"] is True
+    assert Notification.from_json(batched.to_json()).renl == batched.renl
+    plain = Notification(REF, {}, {}, Renl("alarmd", "7:1", 60.0))
+    assert "batch_acks" not in json.loads(plain.to_json())["renl"]  # as an older publisher writes it
+    assert Notification.from_json(plain.to_json()).renl == Renl("alarmd", "7:1", 60.0, batch_acks=False)
+    truthy = plain.to_json().replace(b'"timeout"', b'"batch_acks":"yes","timeout"')
+    renl = Notification.from_json(truthy).renl
+    assert renl is not None
+    assert renl.batch_acks is False  # only true itself says so
 
 
 def test_renl_can_be_read_from_an_otherwise_invalid_message() -> None:

@@ -8,6 +8,7 @@ no broker: :class:`RecordingAmqpBus` stops at the last step before the network.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -27,7 +28,7 @@ from alarmd.queue import AlarmQueue, ClaimedAlarm
 from alarmd.triggers import PlannedAlarm, plan_alarms
 from common.ens import Ack, AckStatus, EnvelopeError, EventReference, Notification, Renl, standard_properties
 from common.ens.amqp import AmqpBus
-from common.ens.envelope import NOT_BEFORE, VERSION
+from common.ens.envelope import NOT_BEFORE, VERSION, acks_from_json, acks_to_json
 from common.payload import PAYLOAD_VERSION, AlarmPayload, PayloadError, format_utc
 from common.settings import AlarmdSettings, NotifydSettings, Settings
 from notifyd.service import Notifier
@@ -44,8 +45,10 @@ def load(name: str) -> dict[str, Any]:
 
 NOTIFICATION_SCHEMA = load("notification")
 ACK_SCHEMA = load("ack")
+ACKS_SCHEMA = load("acks")
 NOTIFICATION = Draft202012Validator(NOTIFICATION_SCHEMA)
 ACK = Draft202012Validator(ACK_SCHEMA)
+ACKS = Draft202012Validator(ACKS_SCHEMA)
 
 
 def errors(validator: Any, instance: Any) -> list[str]:
@@ -248,7 +251,12 @@ async def test_the_acks_notifyd_sends_validate_for_every_status() -> None:
     broken = await published(alarms[4], 4)
     await notifier.handle(Notification(broken.ref, {**broken.payload, "trigger": "soon"}, renl=broken.renl))
     await notifier.stop(grace=5.0)  # the acks go out in tasks of their own: let them finish
-    acks = sorted((body for body in bus.bodies() if body["type"] == "ack"), key=lambda body: body["renl_id"])
+    sent = [body for body in bus.bodies() if body["type"] in ("ack", "acks")]
+    for body in sent:
+        assert errors(ACK if body["type"] == "ack" else ACKS, body) == [], body
+    singles = [body for body in sent if body["type"] == "ack"]
+    batched = [ack for body in sent if body["type"] == "acks" for ack in body["acks"]]
+    acks = sorted(singles + batched, key=lambda ack: ack["renl_id"])
     assert [(a["renl_id"], a["status"]) for a in acks] == [
         ("7:1", "delivered"),
         ("7:2", "retry"),
@@ -258,7 +266,6 @@ async def test_the_acks_notifyd_sends_validate_for_every_status() -> None:
     assert acks[3]["reason"].startswith("invalid payload")
     for ack in acks:
         assert ack["properties"]["process"] == "notifyd"
-        assert errors(ACK, ack) == [], ack
 
 
 @pytest.mark.parametrize("status", list(AckStatus))
@@ -446,6 +453,9 @@ def test_any_ack_the_code_serialises_validates(
     ack = Ack(renl_id, status, reason, properties)
     assert errors(ACK, json.loads(ack.to_json())) == []
     assert Ack.from_json(ack.to_json()) == ack
+    several = [ack, Ack("1:1", AckStatus.DELIVERED)]
+    assert errors(ACKS, json.loads(acks_to_json(several))) == []
+    assert acks_from_json(acks_to_json(several)) == (several, [])
 
 
 # --- the version and the AMQP message are what the schemas say --------------------------
@@ -454,6 +464,12 @@ def test_any_ack_the_code_serialises_validates(
 async def test_the_schema_ids_and_versions_are_those_on_the_wire() -> None:
     assert NOTIFICATION_SCHEMA["$id"] == f"urn:calalarm:schema:notification.v{VERSION}"
     assert ACK_SCHEMA["$id"] == f"urn:calalarm:schema:ack.v{VERSION}"
+    assert ACKS_SCHEMA["$id"] == f"urn:calalarm:schema:acks.v{VERSION}"
+    assert ACKS_SCHEMA["properties"]["v"]["const"] == VERSION
+    assert ACKS_SCHEMA["properties"]["type"]["const"] == "acks"
+    item = ACKS_SCHEMA["properties"]["acks"]["items"]["properties"]
+    assert item["status"]["enum"] == ACK_SCHEMA["properties"]["status"]["enum"]
+    assert item["properties"]["properties"] == ACK_SCHEMA["properties"]["properties"]["properties"]
     assert NOTIFICATION_SCHEMA["properties"]["v"]["const"] == VERSION
     assert ACK_SCHEMA["properties"]["v"]["const"] == VERSION
     assert NOTIFICATION_SCHEMA["properties"]["type"]["const"] == "notification"
@@ -464,6 +480,7 @@ async def test_the_schema_ids_and_versions_are_those_on_the_wire() -> None:
     assert json.loads(Ack("1:1", AckStatus.DELIVERED).to_json())["v"] == VERSION
     assert sorted(p.name for p in SCHEMAS.glob("*.json")) == [
         f"ack.v{VERSION}.schema.json",
+        f"acks.v{VERSION}.schema.json",
         f"notification.v{VERSION}.schema.json",
     ]
 
@@ -509,3 +526,28 @@ async def test_the_amqp_ack_message_is_as_the_schema_describes() -> None:
     assert message.type == wire["properties"]["type"] == body["type"]
     assert message.headers == wire["headers"]
     assert errors(ACK, body) == []
+
+
+async def test_the_amqp_message_of_several_acks_is_as_the_schema_describes() -> None:
+    """alarmd's RENL request says it takes acks in batches; acks sent together share a message."""
+    wire = ACKS_SCHEMA["x-amqp"]
+    bus = RecordingAmqpBus()
+    notifications = [await published(alarm, bus=bus) for alarm in planned()[:3]]
+    bus.sent.clear()
+    assert all(n.renl is not None and n.renl.batch_acks for n in notifications)
+    statuses = [AckStatus.DELIVERED, AckStatus.RETRY, AckStatus.FAILED]
+    await asyncio.gather(*(bus.ack(n, s, f"reason {s}") for n, s in zip(notifications, statuses, strict=True)))
+    [(routing_key, batch)] = bus.sent  # sent together: one message
+    body = json.loads(batch.body)
+    assert errors(ACKS, body) == []
+    assert [(a["renl_id"], a["status"], a["reason"]) for a in body["acks"]] == [
+        ("7:1", "delivered", "reason delivered"),
+        ("7:1", "retry", "reason retry"),
+        ("7:1", "failed", "reason failed"),
+    ]
+    assert routing_key == wire["routing_key"].format(ack_to="alarmd")
+    assert batch.content_type == wire["properties"]["content_type"]
+    assert int(batch.delivery_mode) == wire["properties"]["delivery_mode"]
+    assert batch.type == wire["properties"]["type"] == body["type"]
+    assert batch.headers == wire["headers"]
+    assert batch.body.decode("utf-8") == json.dumps(body, separators=(",", ":"), ensure_ascii=False)

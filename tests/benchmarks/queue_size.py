@@ -3,8 +3,10 @@ as the number of pending instances grows (10k to 2M by default).
 
     .venv/bin/python -m tests.benchmarks.queue_size [--sizes 10000,100000,500000,2000000]
         [--database postgresql+psycopg://postgres@127.0.0.1/calalarm_bench_size] [--claims 20] [--batch 100]
+        [--keep]
 
-The database is created if missing and emptied first. For each size, in turn:
+The database is created if missing and emptied first; one the run created is dropped at
+the end (2M rows are about 2 GB of disk) unless ``--keep``. For each size, in turn:
 
 - *enqueue*: single alarms (:meth:`AlarmQueue.enqueue`, chunks of 5,000) are added until
   the queue holds that many pending instances, all due days ahead (so none is claimed);
@@ -71,7 +73,8 @@ def alarms_for(prefix: str, count: int, first: datetime, spread: int) -> Iterato
         )
 
 
-def ensure_database(url: str) -> None:
+def ensure_database(url: str) -> bool:
+    """Create the database at ``url`` if missing (True when it was) and migrate it."""
     parsed = make_url(url)
     admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -80,6 +83,15 @@ def ensure_database(url: str) -> None:
             conn.execute(sa.text(f'CREATE DATABASE "{parsed.database}"'))
     admin.dispose()
     migrate.upgrade(url)
+    return exists is None
+
+
+def drop_database(url: str) -> None:
+    parsed = make_url(url)
+    admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
+    admin.dispose()
 
 
 def empty(queue: AlarmQueue) -> None:
@@ -151,6 +163,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--database", default=os.environ.get("CALALARM_BENCH_DATABASE", DEFAULT_DATABASE))
     parser.add_argument("--claims", type=int, default=20, help="claims measured per size (default 20)")
     parser.add_argument("--batch", type=int, default=100, help="instances per claim, as alarmd.batch_size")
+    parser.add_argument("--keep", action="store_true", help="keep a database this run created")
     args = parser.parse_args(argv)
     args.size_list = [int(s) for s in args.sizes.split(",")]
     if args.size_list != sorted(args.size_list) or args.size_list[0] < 1:
@@ -159,7 +172,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    ensure_database(args.database)
+    created = ensure_database(args.database)
+    try:
+        return measure(args)
+    finally:
+        if created and not args.keep:
+            drop_database(args.database)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     queue = AlarmQueue.from_url(args.database)
     empty(queue)
     rows: list[dict[str, Any]] = []

@@ -5,6 +5,8 @@ publisher that takes them so: its RENL request says ``batch_acks``). Each goes t
 handler, those of one message all at once (the publisher applies acks in batches). One
 that is not valid, or that the handler fails on, is dropped with a log line; the others
 still count, and the publisher's RENL timeout sends the notification of a dropped one again.
+A message with an ack the handler failed on is rejected on AMQP, so that the broker's
+dead-letter policy keeps a copy for inspection (deploy/README.md).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from common.ens.envelope import Ack, EnvelopeError, acks_from_json
 log = logging.getLogger(__name__)
 
 
-async def hand_over(body: bytes | Ack, handler: AckHandler, *, redelivered: bool = False) -> None:
-    """Decode ``body`` (an :class:`Ack` as it is) and hand each of its acks to ``handler``.
+async def hand_over(body: bytes | Ack, handler: AckHandler, *, redelivered: bool = False) -> bool:
+    """Decode ``body`` (an :class:`Ack` as it is) and hand each of its acks to ``handler``;
+    False when the handler failed on one of them.
 
     ``redelivered``: the message came before and may have been applied already. Never raises
     for a bad message or a failing handler; cancellation goes through.
@@ -32,7 +35,7 @@ async def hand_over(body: bytes | Ack, handler: AckHandler, *, redelivered: bool
             acks, errors = acks_from_json(body)
         except EnvelopeError as exc:
             log.warning("dropped an invalid ack: %s", exc)
-            return
+            return True
         for problem in errors:
             log.warning("dropped an invalid ack: %s", problem)
     if redelivered:
@@ -44,6 +47,7 @@ async def hand_over(body: bytes | Ack, handler: AckHandler, *, redelivered: bool
     for ack, error in zip(acks, results, strict=True):
         if error is not None:
             log.error("ack handler failed on renl_id=%s; ack dropped", ack.renl_id, exc_info=error)
+    return not any(results)
 
 
 async def _guarded(handler: AckHandler, ack: Ack) -> Exception | None:

@@ -510,8 +510,10 @@ class AmqpBus(Bus):
         if state.cancelled:
             await _settle(message, message.reject(requeue=True))
             return
-        await hand_over(message.body, handler, redelivered=bool(message.redelivered))
-        await _settle(message, message.ack())
+        if await hand_over(message.body, handler, redelivered=bool(message.redelivered)):
+            await _settle(message, message.ack())
+        else:  # dead-lettered for inspection where the broker's policy says so
+            await _settle(message, message.reject(requeue=False))
 
 
 async def _settle(message: AbstractIncomingMessage, action: Awaitable[None]) -> None:

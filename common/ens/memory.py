@@ -65,7 +65,7 @@ class MemoryBus(Bus):
         self._closed = False
         self._prefetch = prefetch
         self._close_timeout = close_timeout
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers: set[asyncio.Task[object]] = set()
 
     async def start(self) -> None:
         self._closed = False
@@ -79,9 +79,9 @@ class MemoryBus(Bus):
         running = {t for t in self._handlers if t is not current}
         if running:
             _done, pending = await asyncio.wait(running, timeout=self._close_timeout)
-            for task in pending:
+            for handler in pending:
                 log.warning("handler still running after %.0fs at close; cancelling it", self._close_timeout)
-                task.cancel()
+                handler.cancel()
 
     async def publish(self, notification: Notification) -> None:
         if self._closed:
@@ -130,11 +130,11 @@ class MemoryBus(Bus):
         return self._start_consumer(name, queue, lambda body: hand_over(body, handler))
 
     def _start_consumer(
-        self, name: str, queue: _Queue, deliver: Callable[[Any], Coroutine[Any, Any, None]]
+        self, name: str, queue: _Queue, deliver: Callable[[Any], Coroutine[Any, Any, object]]
     ) -> Subscription:
         slots = asyncio.Semaphore(self._prefetch)
 
-        def finished(task: asyncio.Task[None]) -> None:
+        def finished(task: asyncio.Task[object]) -> None:
             self._handlers.discard(task)
             slots.release()
 

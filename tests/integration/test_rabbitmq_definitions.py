@@ -3,8 +3,8 @@
 Each file is imported (``rabbitmqctl import_definitions``) under a throwaway vhost and
 user; the bus then declares its exchange and queues on top of the imported ones (a
 declaration that disagreed would fail with PRECONDITION_FAILED), delivers a
-notification and an ack with the user's permissions, and a notification whose handler
-fails lands in the dead-letter queue.
+notification and an ack with the user's permissions, and a notification, and a message of
+acks, whose handler fails land in the dead-letter queue.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 
 from common.ens import BusError
 from common.ens.amqp import AmqpBus
-from common.ens.envelope import Ack, AckStatus, Notification
+from common.ens.envelope import Ack, AckStatus, Notification, acks_from_json
 from common.ens.reference import EVENT_ALARM, TODO_ALARM, EventReference
 from common.settings import AlarmdSettings, NotifydSettings
 from tests.payloads import sample_payload
@@ -92,6 +92,8 @@ async def test_the_definitions_import_and_the_bus_works_on_top_of_them(name: str
 
         async def on_ack(ack: Ack) -> None:
             acks.put_nowait(ack)
+            if ack.renl_id == "poison:1":
+                raise RuntimeError("this handler fails: the message of acks is rejected and dead-lettered")
 
         pool, ack_to = NotifydSettings().pool, AlarmdSettings().ack_to
         for base in (EVENT_ALARM, TODO_ALARM):
@@ -104,6 +106,14 @@ async def test_the_definitions_import_and_the_bus_works_on_top_of_them(name: str
         await bus.send_ack(ack_to, Ack("1:1", AckStatus.DELIVERED))
         assert (await asyncio.wait_for(notifications.get(), WAIT)).ref == ref
         assert (await asyncio.wait_for(acks.get(), WAIT)).renl_id == "1:1"
+        await asyncio.gather(
+            *(bus.send_ack(ack_to, Ack(renl, AckStatus.DELIVERED), batch=True) for renl in ("2:1", "poison:1", "3:1"))
+        )
+        assert sorted([(await asyncio.wait_for(acks.get(), WAIT)).renl_id for _ in range(3)]) == [
+            "2:1",
+            "3:1",
+            "poison:1",
+        ]
 
         [policy] = definitions(name)["policies"]
         dead = policy["definition"]["dead-letter-exchange"]
@@ -111,9 +121,15 @@ async def test_the_definitions_import_and_the_bus_works_on_top_of_them(name: str
         async with connection:
             channel = await connection.channel()
             queue = await channel.declare_queue(dead, passive=True)
+            bodies: list[bytes] = []
             async with asyncio.timeout(WAIT), queue.iterator(no_ack=True) as messages:
-                dead_letter = await anext(aiter(messages))
-            assert Notification.from_json(dead_letter.body).ref == ref
+                async for message in messages:
+                    bodies.append(message.body)
+                    if len(bodies) == 2:
+                        break
+            assert Notification.from_json(next(b for b in bodies if b"notification" in b)).ref == ref
+            dead_acks, _errors = acks_from_json(next(b for b in bodies if b'"acks"' in b))
+            assert [a.renl_id for a in dead_acks] == ["2:1", "poison:1", "3:1"]
     finally:
         await bus.close()
         rabbitmqctl("delete_vhost", vhost)

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aio_pika
 
@@ -15,6 +17,21 @@ from common.ens.amqp import AmqpBus
 from common.ens.envelope import AckStatus, Notification
 from common.ens.memory import MemoryBus
 from tests.services import RABBITMQ_URL, require_rabbitmq, unique_exchange
+
+
+class RecordingAmqpBus(AmqpBus):
+    """The AMQP bus up to the broker: keeps what it would publish (routing key, message)
+    instead of talking to RabbitMQ."""
+
+    def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/") -> None:
+        super().__init__(url)
+        self.sent: list[tuple[str, aio_pika.Message]] = []
+
+    async def _publish(self, routing_key: str, message: aio_pika.Message, what: str) -> None:
+        self.sent.append((routing_key, message))
+
+    def bodies(self) -> list[Any]:
+        return [json.loads(message.body) for _key, message in self.sent]
 
 
 class Buses:

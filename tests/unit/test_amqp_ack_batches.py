@@ -5,20 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-import aio_pika
-
-from common.ens.amqp import ACK_BATCH_ADDRESSES, ACK_BATCH_MAX, AmqpBus
+from common.ens.amqp import ACK_BATCH_ADDRESSES, ACK_BATCH_MAX
 from common.ens.envelope import MAX_MESSAGE_BYTES, Ack, AckStatus
-
-
-class RecordingAmqpBus(AmqpBus):
-    def __init__(self) -> None:
-        super().__init__("amqp://guest:guest@127.0.0.1:5672/")
-        self.sent: list[tuple[str, aio_pika.Message]] = []
-
-    async def _publish(self, routing_key: str, message: aio_pika.Message, what: str) -> None:
-        await asyncio.sleep(0)  # the broker's confirm takes a moment
-        self.sent.append((routing_key, message))
+from tests.buses import RecordingAmqpBus
 
 
 def acks_in(bus: RecordingAmqpBus) -> list[str]:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-import aio_pika
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,12 +26,12 @@ from alarmd.ical import parse_calendar
 from alarmd.queue import AlarmQueue, ClaimedAlarm
 from alarmd.triggers import PlannedAlarm, plan_alarms
 from common.ens import Ack, AckStatus, EnvelopeError, EventReference, Notification, Renl, standard_properties
-from common.ens.amqp import AmqpBus
 from common.ens.envelope import NOT_BEFORE, VERSION, acks_from_json, acks_to_json
 from common.payload import PAYLOAD_VERSION, AlarmPayload, PayloadError, format_utc
 from common.settings import AlarmdSettings, NotifydSettings, Settings
 from notifyd.service import Notifier
 from notifyd.smtp import SendResult
+from tests.buses import RecordingAmqpBus
 
 SCHEMAS = Path(__file__).parents[2] / "docs" / "schemas"
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -53,21 +52,6 @@ ACKS = Draft202012Validator(ACKS_SCHEMA)
 
 def errors(validator: Any, instance: Any) -> list[str]:
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(instance)]
-
-
-class RecordingAmqpBus(AmqpBus):
-    """The AMQP bus up to the broker: keeps what it would publish (routing key, message)
-    instead of talking to RabbitMQ."""
-
-    def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/") -> None:
-        super().__init__(url)
-        self.sent: list[tuple[str, aio_pika.Message]] = []
-
-    async def _publish(self, routing_key: str, message: aio_pika.Message, what: str) -> None:
-        self.sent.append((routing_key, message))
-
-    def bodies(self) -> list[Any]:
-        return [json.loads(message.body) for _key, message in self.sent]
 
 
 # --- real envelopes ----------------------------------------------------------------
